@@ -1,0 +1,279 @@
+"""The torch weight generator: an ADNTN plan's cores as parameters, its schedules run with torch.
+
+:class:`WeightGenerator` executes the plan's two-operand steps with ``torch.einsum``
+(the same steps the ONNX and TVM lowerings emit), in each of the three modes:
+
+* :meth:`WeightGenerator.weight`: the whole ``(out, in)`` weight (materialize);
+* :meth:`WeightGenerator.weight_tiles`: the weight a block of rows at a time (regenerate);
+* :meth:`WeightGenerator.fused_matmul`: ``x @ W.T`` with ``x`` contracted into the
+  network, the weight never formed (fused).
+
+Results computed without autograd are cached and invalidated whenever a core
+changes (in-place optimiser updates, ``load_state_dict``, ``.to()``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
+
+import torch
+from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.schedule import Contract, Schedule, Tile
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["ACTIVATION_FUNCTIONS", "WeightGenerator", "run_schedule"]
+
+T = TypeVar("T")
+
+ACTIVATION_FUNCTIONS = {
+    "identity": lambda t: t,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "sin": torch.sin,
+}
+
+
+def run_schedule(schedule: Schedule, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Execute a schedule with ``torch.einsum``, one two-operand step at a time."""
+    env = dict(values)
+    for step in schedule.steps:
+        if step.output in env:  # a cached constant (fused mode)
+            continue
+        if isinstance(step, Contract):
+            a, b = (env[name] for name in step.inputs)
+            env[step.output] = torch.einsum(step.equation, a, b)
+        else:
+            env[step.output] = ACTIVATION_FUNCTIONS[step.activation](env[step.input])
+    return env[schedule.output]
+
+
+class WeightGenerator(nn.Module):
+    """Holds a plan's cores as parameters and generates the weight they define.
+
+    Args:
+        plan: the framework-free plan.
+        init_std: standard deviation the generated weight is scaled to at
+            initialisation (``None``: PyTorch's default for a layer of this fan-in,
+            ``1/sqrt(3 * in_features)``).
+        dtype, device: of the cores.
+    """
+
+    def __init__(
+        self,
+        plan: ADNTNPlan,
+        *,
+        init_std: float | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        factory = {"dtype": dtype, "device": device}
+        self.cores = nn.ParameterDict(
+            {
+                name: nn.Parameter(torch.empty(spec.shape, **factory))
+                for name, spec in plan.cores.items()
+            }
+        )
+        self._cache: dict[str, tuple[tuple, object]] = {}
+        self.reset_parameters(init_std)
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float | None = None) -> None:
+        """Random cores with unit-variance levels, then the root rescaled to ``init_std``."""
+        if init_std is None:
+            init_std = 1.0 / math.sqrt(3.0 * self.plan.in_features)
+        for name, spec in self.plan.cores.items():
+            p = self.cores[name]
+            if spec.role == "leaf":
+                nn.init.normal_(p, 0.0, 1.0)
+            elif spec.role == "disentangler":
+                a = spec.shape[0]
+                nn.init.normal_(p, 0.0, 0.1 / math.sqrt(a))
+                p[:, :, 0] += torch.eye(a, dtype=p.dtype, device=p.device)
+            elif spec.role == "node":
+                nn.init.normal_(p, 0.0, 1.0 / math.sqrt(math.prod(spec.shape[:-1])))
+            else:
+                nn.init.normal_(p, 0.0, 1.0 / math.sqrt(math.prod(spec.shape)))
+        self.scale_to(init_std)
+
+    @torch.no_grad()
+    def scale_to(self, std: float) -> None:
+        """Rescale the root core so the generated weight's entries have this standard deviation.
+
+        Exact for a linear top step (the weight is linear in the root core); with a
+        ``final_activation`` it is applied to the pre-activation, which is close for
+        small weights.
+        """
+        sq = 0.0
+        for _, _, w in self._tiles_pre_activation():
+            sq += float(w.double().pow(2).sum())
+        current = math.sqrt(sq / self.plan.dense_parameters)
+        if current > 0:
+            self.cores["root"].mul_(std / current)
+        self._cache.clear()
+
+    def _tiles_pre_activation(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        plan = self.plan
+        sch = plan.schedule("regenerate")
+        final = plan.final_activation
+        if final is not None:  # stop before the final activation
+            steps = sch.steps[:-1]
+            sch = Schedule(
+                sch.mode,
+                steps,
+                sch.inputs,
+                steps[-1].output,
+                sch.output_legs,
+                sch.dims,
+                sch.tiles,
+                sch.row_legs,
+            )
+        yield from self._run_tiles(sch)
+
+    # ------------------------------------------------------------------ caching
+    def _key(self) -> tuple:
+        return tuple(
+            (id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in self.cores.values()
+        )
+
+    def _cacheable(self) -> bool:
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.cores.values()))
+
+    def _cached(self, kind: str, compute: Callable[[], T]) -> T:
+        if not self._cacheable():
+            return compute()
+        key = self._key()
+        hit = self._cache.get(kind)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = compute()
+        self._cache[kind] = (key, value)
+        return value
+
+    def clear_cache(self) -> None:
+        """Drop cached weights and fused factors (they are rebuilt on the next call)."""
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ modes
+    def weight(self) -> torch.Tensor:
+        """The full ``(out_features, in_features)`` weight (cached when autograd is off)."""
+        return self._cached("weight", self._weight)
+
+    def _weight(self) -> torch.Tensor:
+        plan = self.plan
+        w = run_schedule(plan.schedule("materialize"), dict(self.cores.items()))
+        return w.reshape(plan.rows_padded, plan.cols_padded)[
+            : plan.out_features, : plan.in_features
+        ]
+
+    def weight_tiles(self, tile_rows: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(row_start, row_stop, rows)`` blocks of the weight, never the whole of it."""
+        sch = self.plan.schedule("regenerate", tile_rows=tile_rows)
+        yield from self._run_tiles(sch)
+
+    def _run_tiles(self, sch: Schedule) -> Iterator[tuple[int, int, torch.Tensor]]:
+        cores = dict(self.cores.items())
+        for tile in sch.tiles:
+            w = _tile_weight(self.plan, sch, tile, cores)
+            yield tile.row_start, tile.row_start + w.shape[0], w
+
+    def fused_constants(self, batch: int) -> dict[str, torch.Tensor]:
+        """The x-independent values of the fused schedule (the root's children), cached."""
+        sch = self.plan.schedule("fused", batch=batch)
+
+        def compute() -> dict[str, torch.Tensor]:
+            env: dict[str, torch.Tensor] = dict(self.cores.items())
+            consumed = {
+                n
+                for s in sch.steps
+                if s.uses_input
+                for n in (s.inputs if isinstance(s, Contract) else (s.input,))
+            }
+            for step in sch.steps:
+                if step.uses_input:
+                    continue
+                if isinstance(step, Contract):
+                    a, b = (env[name] for name in step.inputs)
+                    env[step.output] = torch.einsum(step.equation, a, b)
+                else:
+                    env[step.output] = ACTIVATION_FUNCTIONS[step.activation](env[step.input])
+            return {k: v for k, v in env.items() if k in consumed and k not in self.cores}
+
+        return self._cached(f"fused:{batch}", compute)
+
+    def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` for ``x`` of shape ``(batch, in_features)``; ``x`` is contracted into the
+        network and the weight is never formed."""
+        plan = self.plan
+        if not plan.top_is_linear:
+            raise ValueError(
+                f"mode 'fused' needs a linear top step, but final_activation="
+                f"{plan.final_activation!r}; use 'materialize' or 'regenerate'"
+            )
+        b = x.shape[0]
+        pad = plan.cols_padded - plan.in_features
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))
+        sch = plan.schedule("fused", batch=b)
+        values = {**dict(self.cores.items()), **self.fused_constants(b)}
+        values["x"] = x.reshape(b, *plan.col_factors)
+        y = run_schedule(sch, values)
+        return y.reshape(b, plan.rows_padded)[:, : plan.out_features]
+
+    def matmul(self, x: torch.Tensor, mode: str, *, tile_rows: int | None = None) -> torch.Tensor:
+        """``x @ W.T`` for 2-D ``x`` in ``mode`` (materialize, regenerate or fused)."""
+        if mode == "materialize":
+            return x @ self.weight().T
+        if mode == "fused":
+            return self.fused_matmul(x)
+        if mode == "regenerate":
+            return regenerate_matmul(self, x, tile_rows)
+        raise ValueError(f"unknown mode {mode!r}; valid modes: materialize, regenerate, fused")
+
+    def extra_repr(self) -> str:
+        p = self.plan
+        return (
+            f"{p.network}, weight {p.out_features}x{p.in_features}, bond_dims={list(p.bond_dims)}, "
+            f"stored={p.num_parameters}"
+        )
+
+
+def _tile_weight(
+    plan: ADNTNPlan, sch: Schedule, tile: Tile, cores: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """The rows of one tile, cropped to the real ``(out, in)`` extent."""
+    values = dict(cores)
+    for leaf, start, stop in tile.slices:
+        values[leaf] = cores[leaf][start:stop]
+    w = run_schedule(sch, values).reshape(tile.row_stop - tile.row_start, plan.cols_padded)
+    stop = min(tile.row_stop, plan.out_features)
+    return w[: stop - tile.row_start, : plan.in_features]
+
+
+def _tile_product(
+    x: torch.Tensor, cores: dict[str, torch.Tensor], plan: ADNTNPlan, sch: Schedule, n: int
+) -> torch.Tensor:
+    return x @ _tile_weight(plan, sch, sch.tiles[n], cores).T
+
+
+def regenerate_matmul(gen: WeightGenerator, x: torch.Tensor, tile_rows: int | None) -> torch.Tensor:
+    """``x @ W.T`` built one row tile at a time; with autograd on, each tile is recomputed
+    in the backward pass (activation checkpointing), so training never holds the weight either."""
+    sch = gen.plan.schedule("regenerate", tile_rows=tile_rows)
+    cores = dict(gen.cores.items())
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in cores.values())
+    )
+    outs = []
+    for n in range(len(sch.tiles)):
+        if grad:
+            outs.append(checkpoint(_tile_product, x, cores, gen.plan, sch, n, use_reentrant=False))
+        else:
+            outs.append(_tile_product(x, cores, gen.plan, sch, n))
+    return torch.cat(outs, dim=-1)

@@ -1,0 +1,688 @@
+"""The ADNTN plan: one framework-free object describing a layer's weight generator.
+
+A plan fixes the site factorisation of the weight, the topology (``ttn``,
+``attn``, ``mera``), every core's shape, the activations, and the two-operand
+contraction schedule of each run mode. Torch, ONNX and TVM all consume it; it
+imports only numpy and opt_einsum.
+
+Topology, precisely:
+
+* The ``K`` sites are split top-down into ``arity`` contiguous, near-equal
+  groups, recursively, giving a tree whose leaves are the sites. A node's
+  *height* is 0 for a leaf and ``1 + max(child heights)`` otherwise; the root
+  has height ``H``.
+* A leaf core ``leaf{k}[i_k, j_k, b]`` maps site ``k``'s physical index to a
+  bond vector of size ``bond_dim[0]``. An internal node of height ``h`` has a
+  core ``node{h}_{n}[b_child_1, ..., b_child_r, b]`` (``b`` of size
+  ``bond_dim[h]``): its value is ``activation[h-1]`` of the contraction of its
+  children's values with its core, over all their physical indices at once.
+  The root core ``root[b_child_1, ..., b_child_r]`` has no output bond; the
+  root step is linear unless ``final_activation`` is set.
+* Disentanglers (``attn``: stage 0 only; ``mera``: every stage): before the
+  nodes of height ``h+1`` are formed, each pair of neighbouring frontier nodes
+  ``(A, B)`` that belong to different parents is mixed by a disentangler
+  ``D[a, b, a', b']``, stored in its exact operator-Schmidt (split) form
+  ``D = sum_s U[a, a', s] V[b, b', s]`` with ``s`` of size
+  ``disentangler_rank`` (default 2; ``bond_dim**2`` makes it fully general). ``A`` becomes
+  ``A @ U`` and ``B`` becomes ``B @ V``; the shared *lateral* leg ``s`` rides up
+  both subtrees (their intermediates grow by ``rank``) and is summed at their
+  lowest common ancestor. An identity disentangler (``U = V = delta``,
+  ``rank = 1``) gives back the tree exactly, whatever the activations, because
+  every activation maps 0 to 0.
+
+Modes: ``materialize`` contracts the whole weight; ``regenerate`` runs the same
+steps per row tile on sliced leaves; ``fused`` contracts the root's children
+(independent of ``x``, cached) with the root core and ``x`` itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from adntn_runtime.activations import ACTIVATIONS, check_activation
+from adntn_runtime.factorize import choose_num_sites, factorize
+from adntn_runtime.schedule import (
+    BATCH,
+    Activate,
+    Contract,
+    Schedule,
+    Step,
+    Tile,
+    plan_pairwise,
+)
+
+__all__ = [
+    "MODES",
+    "NETWORKS",
+    "ADNTNPlan",
+    "CoreSpec",
+    "CostEstimate",
+    "TreeNode",
+]
+
+NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
+MODES: tuple[str, ...] = ("materialize", "regenerate", "fused")
+Mode = Literal["materialize", "regenerate", "fused"]
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CoreSpec:
+    """A stored core: its name, shape, symbolic legs and role."""
+
+    name: str
+    shape: tuple[int, ...]
+    legs: tuple[str, ...]
+    role: Literal["leaf", "node", "root", "disentangler"]
+    level: int
+
+    @property
+    def size(self) -> int:
+        """Number of stored parameters."""
+        return math.prod(self.shape)
+
+
+@dataclass
+class TreeNode:
+    """A node of the tree: the sites it covers, its children and height."""
+
+    name: str
+    sites: tuple[int, ...]
+    children: list[TreeNode]
+    height: int
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for a leaf (one site, no children)."""
+        return not self.children
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Predicted cost of one call ``y = W x`` in a mode, from the schedule.
+
+    ``flops`` per call; ``setup_flops`` once at load; ``peak_elements`` the
+    largest number of elements resident at once besides the cores (the weight
+    for materialize, a tile for regenerate, intermediates for fused).
+    """
+
+    mode: str
+    batch: int
+    flops: int
+    setup_flops: int
+    peak_elements: int
+    stored_elements: int
+
+
+def _check_positive_int(value: object, parameter: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{parameter} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{parameter} must be >= 1, got {value}")
+    return value
+
+
+class ADNTNPlan:
+    """Framework-free description of an ADNTN weight generator for an ``(out, in)`` weight.
+
+    Args:
+        out_features: rows ``M`` of the weight (output channels for a conv).
+        in_features: columns ``N`` (``in_channels * kh * kw`` for a conv).
+        network: ``"ttn"``, ``"attn"`` or ``"mera"``.
+        bond_dim: bond dimension, an int or one per height ``0..H-1``.
+        activation: activation of internal levels, one name or one per height ``1..H-1``.
+        final_activation: activation of the root step; ``None`` keeps it linear
+            (required by the fused mode).
+        arity: children per internal node (2 = binary tree).
+        num_sites: number of sites ``K``; default: each site about 64 entries
+            (``m_k * n_k``), and at least 8 sites for ``mera`` when the weight
+            has ``>= 2**16`` entries (fewer sites give a MERA no disentangler
+            layer above the physical one).
+        disentangler_rank: size of the lateral leg of each disentangler
+            (attn/mera); default 2 (the smallest rank that couples two subtrees;
+            ``bond_dim**2`` makes a disentangler fully general). Intermediates
+            crossing a disentangled boundary grow by this factor.
+
+    Example:
+        >>> plan = ADNTNPlan(4096, 4096, network="ttn", bond_dim=4)
+        >>> plan.row_factors, plan.col_factors
+        ((8, 8, 8, 8), (8, 8, 8, 8))
+        >>> plan.num_parameters
+        1168
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        *,
+        network: str = "ttn",
+        bond_dim: int | Sequence[int] = 4,
+        activation: str | Sequence[str] = "tanh",
+        final_activation: str | None = None,
+        arity: int = 2,
+        num_sites: int | None = None,
+        disentangler_rank: int | None = None,
+    ) -> None:
+        self.out_features = _check_positive_int(out_features, "out_features")
+        self.in_features = _check_positive_int(in_features, "in_features")
+        if not isinstance(network, str) or network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; valid networks: {list(NETWORKS)}")
+        self.network = network
+        self.arity = _check_positive_int(arity, "arity")
+        if self.arity < 2:
+            raise ValueError(f"arity must be >= 2 (2 = binary tree), got {arity}")
+        if num_sites is None:
+            num_sites = choose_num_sites(self.out_features, self.in_features)
+            if network == "mera":
+                # A binary MERA needs 8 sites before it differs from an aTTN (below 8
+                # the only disentanglers are those of the physical layer).
+                depth = int(math.log2(self.out_features * self.in_features) // 2)
+                num_sites = max(num_sites, min(8, depth))
+        self.num_sites = _check_positive_int(num_sites, "num_sites")
+        self.rows_padded, row_f = factorize(self.out_features, self.num_sites)
+        self.cols_padded, col_f = factorize(self.in_features, self.num_sites)
+        self.row_factors = _interleave(row_f)
+        self.col_factors = _interleave(col_f)
+        self.final_activation = (
+            None
+            if final_activation in (None, "identity")
+            else check_activation(final_activation, parameter="final_activation")
+        )
+
+        self.root = self._build_tree(tuple(range(self.num_sites)))
+        height = self.root.height
+        self.height = height
+        # Bond dims: one per height 0..H-1 (the root has no output bond).
+        n_bonds = max(height, 1)
+        if isinstance(bond_dim, int) and not isinstance(bond_dim, bool):
+            bonds = [_check_positive_int(bond_dim, "bond_dim")] * n_bonds
+        elif isinstance(bond_dim, Sequence) and not isinstance(bond_dim, str):
+            bonds = [_check_positive_int(b, "bond_dim") for b in bond_dim]
+            if len(bonds) != n_bonds:
+                raise ValueError(
+                    f"bond_dim has {len(bonds)} entries but this tree has {n_bonds} bond "
+                    f"levels (heights 0..{n_bonds - 1}); pass an int or {n_bonds} ints"
+                )
+        else:
+            raise TypeError(f"bond_dim must be an int or a sequence of ints, got {bond_dim!r}")
+        self.bond_dims = tuple(bonds)
+        n_act = max(height - 1, 0)
+        if isinstance(activation, str):
+            acts = [check_activation(activation)] * n_act
+        elif isinstance(activation, Sequence):
+            acts = [check_activation(a) for a in activation]
+            if len(acts) != n_act:
+                raise ValueError(
+                    f"activation has {len(acts)} entries but this tree has {n_act} internal "
+                    f"levels (heights 1..{height - 1}); pass one name or {n_act} names"
+                )
+        else:
+            raise TypeError(
+                f"activation must be a name or a sequence of names from {list(ACTIVATIONS)}, "
+                f"got {activation!r}"
+            )
+        self.activations = tuple(acts)
+        if disentangler_rank is not None:
+            _check_positive_int(disentangler_rank, "disentangler_rank")
+        self.disentangler_rank = disentangler_rank
+        self._cores: dict[str, CoreSpec] = {}
+        self._materialize = self._build_program(fused=False, batch=1)
+        for step in self._materialize.steps:
+            if isinstance(step, Contract):
+                _ = step.equation  # raises if a step has more than 26 labels
+        self._fused_cache: dict[int, Schedule] = {}
+
+    # ------------------------------------------------------------------ topology
+    def _build_tree(self, sites: tuple[int, ...]) -> TreeNode:
+        counter: dict[int, int] = {}
+
+        def build(s: tuple[int, ...]) -> TreeNode:
+            if len(s) == 1:
+                return TreeNode(f"leaf{s[0]}", s, [], 0)
+            parts = min(self.arity, len(s))
+            q, r = divmod(len(s), parts)
+            chunks, start = [], 0
+            for p in range(parts):
+                size = q + (1 if p < r else 0)
+                chunks.append(s[start : start + size])
+                start += size
+            children = [build(c) for c in chunks]
+            return TreeNode("", s, children, 1 + max(c.height for c in children))
+
+        root = build(sites)
+        if root.is_leaf:  # a single site: the root merges the one leaf
+            root = TreeNode("", sites, [root], 1)
+
+        def name(node: TreeNode) -> None:
+            for c in node.children:
+                name(c)
+            if not node.is_leaf:
+                n = counter.get(node.height, 0)
+                counter[node.height] = n + 1
+                node.name = f"node{node.height}_{n}"
+
+        name(root)
+        root.name = "root"
+        return root
+
+    def _nodes(self) -> list[TreeNode]:
+        out: list[TreeNode] = []
+
+        def walk(node: TreeNode) -> None:
+            for c in node.children:
+                walk(c)
+            out.append(node)
+
+        walk(self.root)
+        return out
+
+    def _parents(self) -> dict[str, str]:
+        return {c.name: n.name for n in self._nodes() for c in n.children}
+
+    @property
+    def leaf_names(self) -> tuple[str, ...]:
+        """Names of the leaf cores, in site order."""
+        return tuple(f"leaf{k}" for k in range(self.num_sites))
+
+    @property
+    def root_children(self) -> tuple[str, ...]:
+        """Names of the values the root merges (the fused mode's cached factors)."""
+        return tuple(c.name for c in self.root.children)
+
+    # ------------------------------------------------------------------ program
+    def _disentangles_at(self, stage: int) -> bool:
+        return self.network == "mera" or (self.network == "attn" and stage == 0)
+
+    def _build_program(self, *, fused: bool, batch: int) -> Schedule:
+        dims: dict[str, int] = {}
+        inputs: dict[str, tuple[str, ...]] = {}
+        steps: list[Step] = []
+        cores: dict[str, CoreSpec] = {}
+        parents = self._parents()
+        for k in range(self.num_sites):
+            dims[f"i{k}"] = self.row_factors[k]
+            dims[f"j{k}"] = self.col_factors[k]
+
+        # The frontier: (node, value name, legs, bond leg name).
+        frontier: list[tuple[TreeNode, str, tuple[str, ...], str]] = []
+        leaves = [n for n in self._nodes() if n.is_leaf]
+        for leaf in sorted(leaves, key=lambda n: n.sites[0]):
+            k = leaf.sites[0]
+            bond = f"b_{leaf.name}"
+            dims[bond] = self.bond_dims[0]
+            legs = (f"i{k}", f"j{k}", bond)
+            cores[leaf.name] = CoreSpec(leaf.name, tuple(dims[x] for x in legs), legs, "leaf", 0)
+            inputs[leaf.name] = legs
+            frontier.append((leaf, leaf.name, legs, bond))
+
+        H = self.root.height
+        by_height: dict[int, list[TreeNode]] = {}
+        for node in self._nodes():
+            by_height.setdefault(node.height, []).append(node)
+        input_values = frozenset({"x"}) if fused else frozenset()
+
+        for stage in range(H):
+            if self._disentangles_at(stage):
+                rank = self.disentangler_rank or min(2, self.bond_dims[stage] ** 2)
+                t = 0
+                for pos in range(len(frontier) - 1):
+                    a_node, _, _, _ = frontier[pos]
+                    b_node, _, _, _ = frontier[pos + 1]
+                    if parents[a_node.name] == parents[b_node.name]:
+                        continue
+                    lateral = f"s{stage}_{t}"
+                    dims[lateral] = rank
+                    for side, idx in (("u", pos), ("v", pos + 1)):
+                        node, value, legs, bond = frontier[idx]
+                        new_bond = f"{bond}~{stage}{side}"
+                        dims[new_bond] = dims[bond]
+                        core = f"dis{stage}_{t}_{side}"
+                        core_legs = (bond, new_bond, lateral)
+                        cores[core] = CoreSpec(
+                            core,
+                            tuple(dims[x] for x in core_legs),
+                            core_legs,
+                            "disentangler",
+                            stage,
+                        )
+                        inputs[core] = core_legs
+                        out_legs = tuple(x for x in legs if x != bond) + (new_bond, lateral)
+                        out = f"{node.name}.dis{stage}{side}"
+                        steps.append(
+                            Contract((value, core), out, (legs, core_legs), out_legs, stage)
+                        )
+                        frontier[idx] = (node, out, out_legs, new_bond)
+                    t += 1
+
+            for node in by_height.get(stage + 1, []):
+                child_names = {c.name for c in node.children}
+                members = [f for f in frontier if f[0].name in child_names]
+                is_root = node is self.root
+                if not is_root:
+                    bond = f"b_{node.name}"
+                    dims[bond] = self.bond_dims[node.height]
+                core_legs = tuple(m[3] for m in members) + (() if is_root else (bond,))
+                role = "root" if is_root else "node"
+                cores[node.name] = CoreSpec(
+                    node.name, tuple(dims[x] for x in core_legs), core_legs, role, node.height
+                )
+                inputs[node.name] = core_legs
+                operands = [(m[1], m[2]) for m in members] + [(node.name, core_legs)]
+                if is_root:
+                    phys_i = tuple(f"i{k}" for k in node.sites)
+                    phys_j = tuple(f"j{k}" for k in node.sites)
+                    if fused:
+                        x_legs = (BATCH, *phys_j)
+                        inputs["x"] = x_legs
+                        operands.append(("x", x_legs))
+                        out_legs = (BATCH, *phys_i)
+                    else:
+                        out_legs = (*phys_i, *phys_j)
+                else:
+                    counts: dict[str, int] = {}
+                    for _, legs in operands:
+                        for leg in legs:
+                            counts[leg] = counts.get(leg, 0) + 1
+                    once = [x for x in counts if counts[x] == 1]
+                    phys = [f"i{k}" for k in node.sites] + [f"j{k}" for k in node.sites]
+                    lateral = sorted(x for x in once if x.startswith("s"))
+                    out_legs = (*phys, bond, *lateral)
+                    missing = set(once) - set(out_legs)
+                    if missing:  # pragma: no cover - guards the construction above
+                        raise AssertionError(f"dangling legs {missing} at {node.name}")
+                act = self.final_activation if is_root else self.activations[node.height - 1]
+                pre = f"{node.name}.pre" if act not in (None, "identity") else f"{node.name}.out"
+                if is_root:
+                    pre = "y" if fused else ("weight.pre" if act else "weight")
+                steps.extend(
+                    plan_pairwise(
+                        operands,
+                        out_legs,
+                        dims,
+                        output=pre,
+                        level=node.height,
+                        batch=batch,
+                        input_values=input_values,
+                        temp_prefix=f"{node.name}.t",
+                    )
+                )
+                value = pre
+                if act not in (None, "identity"):
+                    value = "weight" if is_root else f"{node.name}.out"
+                    steps.append(Activate(pre, value, act, node.height))
+                frontier = [f for f in frontier if f[0].name not in child_names]
+                insert_at = min(
+                    (i for i, f in enumerate(frontier) if f[0].sites[0] > node.sites[0]),
+                    default=len(frontier),
+                )
+                frontier.insert(insert_at, (node, value, out_legs, "" if is_root else bond))
+
+        self._cores = cores
+        (_, out_value, out_legs, _) = frontier[0]
+        row_legs = {f"leaf{k}": f"i{k}" for k in range(self.num_sites)}
+        return Schedule(
+            "fused" if fused else "materialize",
+            tuple(steps),
+            inputs,
+            out_value,
+            out_legs,
+            dims,
+            row_legs=row_legs,
+        )
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def cores(self) -> dict[str, CoreSpec]:
+        """Every stored core, by name (leaves, nodes, root, disentanglers)."""
+        return dict(self._cores)
+
+    @property
+    def num_parameters(self) -> int:
+        """Stored parameters of the generator (every core)."""
+        return sum(c.size for c in self._cores.values())
+
+    @property
+    def dense_parameters(self) -> int:
+        """Parameters of the dense weight this plan generates (``out * in``)."""
+        return self.out_features * self.in_features
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense weight parameters / stored core parameters (bias not included)."""
+        return self.dense_parameters / self.num_parameters
+
+    @property
+    def top_is_linear(self) -> bool:
+        """True when the root step has no activation (the fused mode needs it)."""
+        return self.final_activation is None
+
+    def schedule(
+        self, mode: str = "materialize", *, batch: int = 1, tile_rows: int | None = None
+    ) -> Schedule:
+        """The two-operand contraction schedule of ``mode``.
+
+        Args:
+            mode: ``materialize``, ``regenerate`` or ``fused``.
+            batch: the batch size the fused path is optimised for (its flops and
+                memory are exact for any batch via :meth:`Schedule.flops`).
+            tile_rows: rows per tile for ``regenerate`` (default: about 1/64 of
+                the padded rows).
+        """
+        if mode == "materialize":
+            return self._materialize
+        if mode == "regenerate":
+            base = self._materialize
+            return Schedule(
+                "regenerate",
+                base.steps,
+                base.inputs,
+                base.output,
+                base.output_legs,
+                base.dims,
+                tiles=self.row_tiles(tile_rows),
+                row_legs=base.row_legs,
+            )
+        if mode == "fused":
+            if not self.top_is_linear:
+                raise ValueError(
+                    f"mode 'fused' needs a linear top step, but final_activation="
+                    f"{self.final_activation!r}; use mode 'materialize' or 'regenerate', "
+                    "or build the layer with final_activation=None"
+                )
+            batch = _check_positive_int(batch, "batch")
+            if batch not in self._fused_cache:
+                saved = self._cores
+                self._fused_cache[batch] = self._build_program(fused=True, batch=batch)
+                self._cores = saved
+            return self._fused_cache[batch]
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
+
+    def row_tiles(self, tile_rows: int | None = None) -> tuple[Tile, ...]:
+        """Row tiles for the regenerate mode: fixed leading row digits and a range of the next.
+
+        A tile fixes the digits ``i_0..i_{t-1}`` and takes a range of ``i_t``, so its
+        rows are contiguous; ``t`` is the first digit whose unit (rows per value)
+        fits in ``tile_rows``.
+        """
+        m = self.row_factors
+        if tile_rows is None:
+            tile_rows = max(1, self.rows_padded // 64)
+        tile_rows = _check_positive_int(tile_rows, "tile_rows")
+        unit = self.rows_padded
+        t = 0
+        for t in range(self.num_sites):
+            unit //= m[t]
+            if unit <= tile_rows:
+                break
+        chunk = max(1, min(m[t], tile_rows // unit))
+        tiles: list[Tile] = []
+        prefixes: list[tuple[int, ...]] = [()]
+        for d in range(t):
+            prefixes = [p + (v,) for p in prefixes for v in range(m[d])]
+        for prefix in prefixes:
+            base = 0
+            for d, v in enumerate(prefix):
+                base = base * m[d] + v
+            for start in range(0, m[t], chunk):
+                stop = min(m[t], start + chunk)
+                row0 = (base * m[t] + start) * unit
+                if row0 >= self.out_features:
+                    continue  # entirely in the cropped padding
+                slices = tuple((f"leaf{d}", v, v + 1) for d, v in enumerate(prefix))
+                slices += ((f"leaf{t}", start, stop),)
+                tiles.append(Tile(slices, row0, (base * m[t] + stop) * unit))
+        return tuple(tiles)
+
+    def cost(self, mode: str, batch: int = 1, *, tile_rows: int | None = None) -> CostEstimate:
+        """Predicted flops and resident elements of one call in ``mode`` at ``batch``."""
+        batch = _check_positive_int(batch, "batch")
+        m, n = self.out_features, self.in_features
+        mp, np_ = self.rows_padded, self.cols_padded
+        gemm = 2 * batch * m * n
+        io = batch * (m + n)
+        gen = self._materialize
+        if mode == "materialize":
+            return CostEstimate(mode, batch, gemm, gen.flops(), m * n + io, self.num_parameters)
+        if mode == "regenerate":
+            sch = self.schedule("regenerate", tile_rows=tile_rows)
+            rows = [t.row_stop - t.row_start for t in sch.tiles]
+            one_tile = replace(sch, dims=sch.tiles[0].dims(sch.dims, sch.row_legs), tiles=())
+            return CostEstimate(
+                mode,
+                batch,
+                sch.flops() + 2 * batch * sum(rows) * np_,
+                0,
+                one_tile.peak_live_elements() + max(rows) * np_ + io + batch * np_,
+                self.num_parameters,
+            )
+        if mode == "fused":
+            sch = self.schedule("fused", batch=batch)
+            const = sum(
+                s.out_size(sch.dims)
+                for s in sch.contractions
+                if not s.uses_input and s.output in _root_inputs(sch)
+            )
+            return CostEstimate(
+                mode,
+                batch,
+                sch.flops(batch, include_constant=False),
+                sch.flops(batch) - sch.flops(batch, include_constant=False),
+                const + sch.peak_live_elements(batch) + batch * (mp + np_),
+                self.num_parameters,
+            )
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
+
+    # ------------------------------------------------------------------ description
+    def describe(self) -> str:
+        """A text drawing of the network: sites, tree, disentanglers, cores and cost."""
+        lines = [
+            f"ADNTN {self.network} plan: weight {self.out_features}x{self.in_features} "
+            f"(padded {self.rows_padded}x{self.cols_padded}), {self.num_sites} sites, "
+            f"arity {self.arity}, height {self.height}",
+            f"  row factors {self.row_factors}, col factors {self.col_factors}",
+            f"  bond dims by height {self.bond_dims}; activations by height "
+            f"{self.activations or ()}; top step "
+            + ("linear" if self.top_is_linear else f"{self.final_activation}"),
+        ]
+
+        def draw(node: TreeNode, prefix: str, last: bool) -> None:
+            branch = "`-- " if last else "|-- "
+            spec = self._cores.get(node.name)
+            shape = "x".join(map(str, spec.shape)) if spec else "?"
+            if node.is_leaf:
+                k = node.sites[0]
+                label = f"{node.name} [i{k}={self.row_factors[k]}, j{k}={self.col_factors[k]}]"
+            else:
+                act = (
+                    self.final_activation or "linear"
+                    if node is self.root
+                    else self.activations[node.height - 1]
+                )
+                label = f"{node.name} (height {node.height}, {act}) sites {list(node.sites)}"
+            lines.append(f"{prefix}{branch}{label} core {shape}")
+            for n, c in enumerate(node.children):
+                draw(c, prefix + ("    " if last else "|   "), n == len(node.children) - 1)
+
+        lines.append("  tree:")
+        draw(self.root, "    ", True)
+        dis = [c for c in self._cores.values() if c.role == "disentangler"]
+        if dis:
+            lines.append("  disentanglers (U on the left node, V on the right, lateral leg s):")
+            for c in dis:
+                lines.append(f"    {c.name}: legs {c.legs} shape {c.shape}")
+        fused = self.cost("fused") if self.top_is_linear else None
+        lines.append(
+            f"  stored {self.num_parameters} parameters, dense {self.dense_parameters}, "
+            f"ratio {self.compression_ratio:.1f}x; materialize schedule "
+            f"{len(self._materialize.contractions)} einsum steps, "
+            f"{self._materialize.flops():,} flops"
+            + (f"; fused flops/call at batch 1: {fused.flops:,}" if fused else "")
+        )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"ADNTNPlan({self.out_features}, {self.in_features}, network={self.network!r}, "
+            f"bond_dim={list(self.bond_dims)}, activation={list(self.activations)}, "
+            f"final_activation={self.final_activation!r}, arity={self.arity}, "
+            f"num_sites={self.num_sites})"
+        )
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready constructor arguments; :meth:`from_dict` rebuilds the same plan."""
+        return {
+            "format": PLAN_FORMAT,
+            "out_features": self.out_features,
+            "in_features": self.in_features,
+            "network": self.network,
+            "bond_dim": list(self.bond_dims),
+            "activation": list(self.activations),
+            "final_activation": self.final_activation,
+            "arity": self.arity,
+            "num_sites": self.num_sites,
+            "disentangler_rank": self.disentangler_rank,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ADNTNPlan:
+        """Rebuild a plan from :meth:`to_dict` output."""
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(
+                f"unsupported plan format {data.get('format')!r}; this adntn reads {PLAN_FORMAT}"
+            )
+        kwargs = {
+            k: v for k, v in data.items() if k not in ("format", "out_features", "in_features")
+        }
+        return cls(data["out_features"], data["in_features"], **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ADNTNPlan) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+
+def _interleave(factors: tuple[int, ...]) -> tuple[int, ...]:
+    """Order descending factors large, small, large, ... so both halves of the tree are balanced."""
+    lo, hi = 0, len(factors) - 1
+    out: list[int] = []
+    while lo <= hi:
+        out.append(factors[lo])
+        if lo != hi:
+            out.append(factors[hi])
+        lo, hi = lo + 1, hi - 1
+    return tuple(out)
+
+
+def _root_inputs(sch: Schedule) -> set[str]:
+    """Values that are cached in fused mode: x-independent outputs consumed by x-dependent steps."""
+    consumed = set()
+    for s in sch.contractions:
+        if s.uses_input:
+            consumed.update(s.inputs)
+    return {name for name in consumed if name != "x" and name not in sch.inputs}
