@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,7 @@ class ADNTNLayer(nn.Module):
                 bias_plan, init_std=bound / math.sqrt(3.0), **factory
             )
         self.tile_rows = tile_rows
+        self._bias_bond_dim = bias_bond_dim
         self._mode = "materialize"
         self.mode = mode
 
@@ -174,6 +176,47 @@ class ADNTNLayer(nn.Module):
         elif self.bias_generator is not None:
             bias = self.bias_generator.plan.num_parameters
         return self.stored_weight_parameters + bias
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready constructor arguments; ``type(layer).from_config(cfg)`` rebuilds the layer
+        (with fresh cores: load a ``state_dict`` to restore the trained ones)."""
+        plan = self.plan
+        cfg: dict[str, Any] = {
+            "type": type(self).__name__,
+            "network": plan.network,
+            "bond_dim": list(plan.bond_dims),
+            "activation": list(plan.activations),
+            "final_activation": plan.final_activation,
+            "bias": self.bias_kind,
+            "mode": self.mode,
+            "tile_rows": self.tile_rows,
+            "arity": plan.arity,
+            "num_sites": plan.num_sites,
+            "disentangler_rank": plan.disentangler_rank,
+            "bias_bond_dim": self._bias_bond_dim,
+        }
+        cfg.update(self._shape_config())
+        return cfg
+
+    def _shape_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_config(cfg: dict[str, Any]) -> ADNTNLayer:
+        """Rebuild a layer (either kind) from :meth:`config` output."""
+        kinds = {"ADNTNLinear": ADNTNLinear, "ADNTNConv2d": ADNTNConv2d}
+        kwargs = dict(cfg)
+        kind = kwargs.pop("type", None)
+        if kind not in kinds:
+            raise ValueError(f"unknown ADNTN layer type {kind!r}; valid: {list(kinds)}")
+        if kind == "ADNTNLinear":
+            return ADNTNLinear(kwargs.pop("in_features"), kwargs.pop("out_features"), **kwargs)
+        return ADNTNConv2d(
+            kwargs.pop("in_channels"),
+            kwargs.pop("out_channels"),
+            kwargs.pop("kernel_size"),
+            **kwargs,
+        )
 
     def get_bias(self) -> torch.Tensor | None:
         """The bias vector (generated on the fly for ``bias='generated'``)."""
@@ -258,6 +301,9 @@ class ADNTNLinear(ADNTNLayer):
             dtype=dtype,
             device=device,
         )
+
+    def _shape_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., in_features)``."""
@@ -395,6 +441,16 @@ class ADNTNConv2d(ADNTNLayer):
             dtype=dtype,
             device=device,
         )
+
+    def _shape_config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+        }
 
     def dense_weight(self) -> torch.Tensor:
         """The generated kernel, shape ``(out, in, kh, kw)``."""
