@@ -1,0 +1,54 @@
+"""``adntn compile MODEL.onnx --target T -o OUTDIR [--mode fold|materialize]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
+    if not values:
+        return None
+    out = {}
+    for v in values:
+        name, sep, dims = v.partition("=")
+        if not sep:
+            raise ValueError(f"bad --input-shape {v!r}: expected NAME=D0,D1,...")
+        out[name] = [int(d) for d in dims.split(",")]
+    return out
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from adntn_export.tvm_backend.compile import compile_onnx
+
+    manifest = compile_onnx(
+        args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)
+    )
+    print(f"compiled {args.model} for {manifest.target} ({manifest.mode}) -> {args.output}")
+    for note in manifest.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compile`` verb."""
+    from adntn_export.tvm_backend.compile import MODES
+    from adntn_export.tvm_backend.targets import target_names
+
+    p = subparsers.add_parser("compile", help="compile an ONNX model with Apache TVM")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--target", required=True, choices=target_names())
+    p.add_argument("-o", "--output", required=True, help="output folder (OUTDIR)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="fold: weights generated at compile time (default); materialize: "
+        "weights generated once at load from the embedded cores",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=D0,D1",
+        help="static shape for a dynamic input (repeatable)",
+    )
+    p.set_defaults(handler=_handler)

@@ -1,0 +1,52 @@
+"""``adntn tune MODEL.onnx --target T --trials N [--rpc-tracker H:P --rpc-key K] -o OUTDIR``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from adntn_export.commands.compile import _shapes
+    from adntn_export.tvm_backend.tune import tune_onnx
+
+    manifest = tune_onnx(
+        args.model,
+        args.target,
+        args.output,
+        trials=args.trials,
+        work_dir=args.work_dir,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
+        input_shapes=_shapes(args.input_shape),
+    )
+    tuned = manifest.tuned or {}
+    print(
+        f"tuned {args.model} for {manifest.target}: {tuned.get('records_after')} records in "
+        f"{tuned.get('database')} -> {args.output}"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``tune`` verb."""
+    from adntn_export.tvm_backend.targets import target_names
+
+    p = subparsers.add_parser("tune", help="tune an ONNX model with TVM MetaSchedule")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--target", required=True, choices=target_names())
+    p.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="total measured trials wanted in the database (earlier runs count)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder (OUTDIR)")
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="database folder (default OUTDIR/tuning/TARGET); reused across runs",
+    )
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT")
+    p.add_argument("--rpc-key", default=None)
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1")
+    p.set_defaults(handler=_handler)

@@ -1,0 +1,465 @@
+"""Export whole models with ADNTN layers to ONNX, in any run mode.
+
+:func:`export_onnx` works in three stages:
+
+1. **Trace with placeholders.** Each ADNTN layer is swapped (for the duration of the call)
+   for a parameter-free module that calls a torch custom op
+   (``adntn_onnx::linear_placeholder`` / ``adntn_onnx::conv2d_placeholder``, defined with
+   ``torch.library.custom_op`` and a fake implementation giving the output shape). The
+   dynamo exporter (``torch.onnx.export(..., dynamo=True, optimize=False)``) translates each
+   call, through ``custom_translation_table``, to a node ``ai.adntn::ExportPlaceholder``
+   carrying the layer's dotted name. The dense parts of the model (convs, linears, ReLU,
+   flatten, ...) are exported by torch as usual; the ADNTN cores never enter the traced
+   graph, so no folded ADNTN weight can land in the file.
+2. **Placeholders.** Each ``ExportPlaceholder`` becomes ``ai.adntn::ADNTNLinear`` /
+   ``ai.adntn::ADNTNConv2d`` whose inputs are the data input plus the cores (and bias) as
+   initializers and whose attributes hold the plan JSON, the bias kind and the conv
+   parameters (:func:`adntn_runtime.onnx_lowering.placeholder_node`). ``mode="auto"`` stops
+   here: the torch-free runtime later substitutes each layer in the mode its policy picks
+   with :func:`adntn_runtime.onnx_lowering.lower_model`.
+3. **Lowering.** Otherwise :func:`~adntn_runtime.onnx_lowering.lower_model` substitutes every
+   placeholder by its ``fused`` / ``regenerate`` / ``materialize`` / ``dense`` subgraph.
+
+Every export is validated with ``onnx.checker.check_model(full_check=True)``, carries
+``adntn`` metadata (producer, per-layer network / bond dims / mode / ratio and, for
+regenerate, ``adntn.session_options``: constant folding off), is written with IR version
+:data:`~adntn_runtime.onnx_lowering.IR_VERSION`, and goes to a temporary file renamed into
+place, so a failure never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
+from torch import nn
+
+from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
+
+__all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
+
+#: Modes accepted by :func:`export_onnx`.
+EXPORT_MODES: tuple[str, ...] = ("fused", "regenerate", "materialize", "dense", "auto")
+_TRACE_OP = "ExportPlaceholder"
+
+
+# ---------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("adntn_onnx::linear_placeholder", mutates_args=())
+def _linear_placeholder(x: torch.Tensor, layer: str, out_features: int) -> torch.Tensor:
+    """Stands for an ADNTN linear layer during export; eager calls return zeros."""
+    return x.new_zeros(*x.shape[:-1], out_features)
+
+
+@_linear_placeholder.register_fake
+def _(x: torch.Tensor, layer: str, out_features: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@torch.library.custom_op("adntn_onnx::conv2d_placeholder", mutates_args=())
+def _conv2d_placeholder(
+    x: torch.Tensor,
+    layer: str,
+    out_channels: int,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    """Stands for an ADNTN convolution during export; eager calls return zeros."""
+    h, w = (
+        _conv_out(x.shape[2 + d], kernel[d], stride[d], padding[d], dilation[d]) for d in (0, 1)
+    )
+    return x.new_zeros(x.shape[0], out_channels, h, w)
+
+
+@_conv2d_placeholder.register_fake
+def _(
+    x: torch.Tensor,
+    layer: str,
+    out_channels: int,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    h, w = (
+        _conv_out(x.shape[2 + d], kernel[d], stride[d], padding[d], dilation[d]) for d in (0, 1)
+    )
+    return x.new_empty(x.shape[0], out_channels, h, w)
+
+
+def _register_trace_schema() -> None:
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has(_TRACE_OP, ADNTN_DOMAIN):
+        return
+    param = OpSchema.FormalParameter
+    onnx.defs.register_schema(
+        OpSchema(
+            _TRACE_OP,
+            ADNTN_DOMAIN,
+            1,
+            doc="Export-time stand-in for an ADNTN layer (replaced before the file is written).",
+            inputs=[param("x", "T")],
+            outputs=[param("y", "T")],
+            type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
+            attributes=[OpSchema.Attribute("layer", OpSchema.AttrType.STRING, "layer name")],
+        )
+    )
+
+
+def _translation_table() -> dict:
+    import onnxscript
+
+    _register_trace_schema()
+    lowering.register_schemas()
+    opset = onnxscript.values.Opset(ADNTN_DOMAIN, 1)
+
+    def linear(x, layer: str, out_features: int):  # noqa: ANN001, ANN202
+        return getattr(opset, _TRACE_OP)(x, layer=layer)
+
+    def conv(x, layer: str, out_channels: int, kernel, stride, padding, dilation):  # noqa: ANN001, ANN202
+        return getattr(opset, _TRACE_OP)(x, layer=layer)
+
+    return {
+        torch.ops.adntn_onnx.linear_placeholder.default: linear,
+        torch.ops.adntn_onnx.conv2d_placeholder.default: conv,
+    }
+
+
+class _Placeholder(nn.Module):
+    """Parameter-free stand-in for one ADNTN layer during tracing."""
+
+    def __init__(self, name: str, layer: ADNTNLayer) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.kind = "conv2d" if isinstance(layer, ADNTNConv2d) else "linear"
+        self.out = layer.plan.out_features
+        if isinstance(layer, ADNTNConv2d):
+            self.conv = (
+                list(layer.kernel_size),
+                list(layer.stride),
+                list(layer.padding),
+                list(layer.dilation),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "conv2d":
+            return torch.ops.adntn_onnx.conv2d_placeholder(x, self.layer_name, self.out, *self.conv)
+        return torch.ops.adntn_onnx.linear_placeholder(x, self.layer_name, self.out)
+
+
+# ---------------------------------------------------------------------------- layer specs
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+def layer_spec(layer: ADNTNLayer, name: str = "", *, input_rank: int = 2) -> LayerSpec:
+    """The framework-free :class:`~adntn_runtime.onnx_lowering.LayerSpec` of a torch layer."""
+    if not isinstance(layer, ADNTNLayer):
+        raise TypeError(f"layer_spec needs an ADNTNLinear or ADNTNConv2d, got {type(layer)}")
+    cores = {k: _np(v) for k, v in layer.weight_generator.cores.items()}
+    bias = _np(layer.bias) if layer.bias_kind == "dense" else None
+    bias_plan = bias_cores = None
+    if layer.bias_kind == "generated":
+        gen = layer.bias_generator
+        assert gen is not None
+        bias_plan = gen.plan
+        bias_cores = {k: _np(v) for k, v in gen.cores.items()}
+    conv = None
+    if isinstance(layer, ADNTNConv2d):
+        conv = ConvSpec(
+            layer.in_channels,
+            tuple(layer.kernel_size),
+            tuple(layer.stride),
+            tuple(layer.padding),
+            tuple(layer.dilation),
+        )
+        input_rank = 4
+    return LayerSpec(
+        name=name,
+        kind="conv2d" if conv else "linear",
+        plan=layer.plan,
+        cores=cores,
+        bias_kind=layer.bias_kind,
+        bias=bias,
+        bias_plan=bias_plan,
+        bias_cores=bias_cores,
+        conv=conv,
+        input_rank=input_rank,
+    )
+
+
+@contextlib.contextmanager
+def _swapped(model: nn.Module) -> Iterator[tuple[nn.Module, dict[str, ADNTNLayer]]]:
+    """Swap every ADNTN layer for a placeholder (restored on exit); yields (root, layers)."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ADNTNLayer)}
+    if "" in layers:  # the model is itself one ADNTN layer
+        yield _Placeholder("", layers[""]), layers
+        return
+    parents = dict(model.named_modules())
+    done: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for name, layer in layers.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = parents[parent_name]
+            setattr(parent, attr, _Placeholder(name, layer))
+            done.append((parent, attr, layer))
+        yield model, layers
+    finally:
+        for parent, attr, layer in reversed(done):
+            setattr(parent, attr, layer)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+# ---------------------------------------------------------------------------- export
+def _check_mode(mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
+    if isinstance(mode, Mapping):
+        for name, m in mode.items():
+            if m not in EXPORT_MODES[:-1]:
+                raise ValueError(
+                    f"unknown mode {m!r} for layer {name!r}; valid modes: {list(EXPORT_MODES[:-1])}"
+                )
+        return
+    if not isinstance(mode, str) or mode not in EXPORT_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(EXPORT_MODES)}")
+    if mode == "fused":
+        bad = {n or "layer": layer.plan.final_activation for n, layer in layers.items()}
+        bad = {n: a for n, a in bad.items() if a is not None}
+        if bad:
+            raise ValueError(
+                f"mode 'fused' needs a linear top step, but layers {sorted(bad)} have "
+                f"final_activation {bad}; valid modes for them: ['regenerate', 'materialize', "
+                "'dense', 'auto'] (or pass a dict of per-layer modes)"
+            )
+
+
+def export_onnx_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    mode: str | Mapping[str, str] = "fused",
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    einsum: bool = True,
+    native_gelu: bool | None = None,
+    tile_rows: int | None = None,
+) -> onnx.ModelProto:
+    """Like :func:`export_onnx` but returns the validated ``ModelProto`` instead of writing it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ADNTNLayer)}
+    _check_mode(mode, layers)
+    top = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= top:
+        raise ValueError(
+            f"opset {opset!r} is not supported by the export; valid opsets: 18..{top} "
+            "(the torch dynamo exporter emits opset 18 or later)"
+        )
+    table = _translation_table()
+    x = example_input.detach().to(torch.float32)
+    batch = int(x.shape[0]) if x.dim() else 1
+    if dynamic_batch and x.dim() and x.shape[0] == 1:
+        x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specialises size-1 dims
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch and x.dim() else None
+    with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad():
+        program = torch.onnx.export(
+            root,
+            (x,),
+            dynamo=True,
+            opset_version=opset,
+            optimize=False,
+            verbose=False,
+            custom_translation_table=table,
+            dynamic_shapes=dynamic_shapes,
+            input_names=["input"],
+            output_names=["output"],
+        )
+    proto = program.model_proto
+    # Placeholders: ExportPlaceholder(x) -> ADNTNLinear/ADNTNConv2d(x, cores..., bias).
+    graph = proto.graph
+    new_nodes, new_inits = [], []
+    for node in graph.node:
+        if node.domain == ADNTN_DOMAIN and node.op_type == _TRACE_OP:
+            name = onnx.helper.get_attribute_value(node.attribute[0]).decode()
+            layer = layers[name]
+            rank = x.dim() if name == "" else 2
+            if isinstance(layer, ADNTNLinear) and name != "":
+                rank = _input_rank(proto, node.input[0])
+            spec = layer_spec(layer, name, input_rank=rank)
+            if spec.conv is not None:
+                hw = _static_hw(proto, node.output[0])
+                if hw is not None:
+                    spec.conv = dataclasses.replace(spec.conv, output_hw=hw)
+            placeholder, inits = lowering.placeholder_node(
+                spec, input_name=node.input[0], output_name=node.output[0]
+            )
+            new_nodes.append(placeholder)
+            new_inits.extend(inits)
+        else:
+            new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    if not any(imp.domain == ADNTN_DOMAIN for imp in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(ADNTN_DOMAIN, 1))
+    if mode != "auto":
+        proto = lowering.lower_model(
+            proto,
+            mode,
+            einsum=einsum,
+            native_gelu=native_gelu,
+            batch_hint=batch,
+            tile_rows=tile_rows,
+        )
+    _finish(proto, mode, layers)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _static_hw(proto: onnx.ModelProto, value: str) -> tuple[int, int] | None:
+    for vi in [*proto.graph.value_info, *proto.graph.output]:
+        if vi.name == value and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+                return (dims[2].dim_value, dims[3].dim_value)
+    return None
+
+
+def _input_rank(proto: onnx.ModelProto, value: str) -> int:
+    for vi in [*proto.graph.value_info, *proto.graph.input]:
+        if vi.name == value and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return 2
+
+
+def _finish(proto: onnx.ModelProto, mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
+    from adntn_export import __version__
+
+    proto.producer_name = "adntn"
+    proto.producer_version = __version__
+    proto.ir_version = lowering.IR_VERSION
+    meta = {p.key: p for p in proto.metadata_props}
+
+    def put(key: str, value: str) -> None:
+        if key in meta:
+            meta[key].value = value
+        else:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+            meta[key] = entry
+
+    put("adntn.producer", f"adntn {__version__}")
+    put("adntn.export_mode", json.dumps(mode if isinstance(mode, str) else dict(mode)))
+    if mode == "auto":
+        for name, layer in layers.items():
+            plan = layer.plan
+            put(
+                f"adntn.layer.{name or 'layer'}",
+                json.dumps(
+                    {
+                        "kind": "conv2d" if isinstance(layer, ADNTNConv2d) else "linear",
+                        "mode": "auto",
+                        "network": plan.network,
+                        "bond_dims": list(plan.bond_dims),
+                        "shape": [plan.out_features, plan.in_features],
+                        "compression_ratio": round(plan.compression_ratio, 3),
+                    },
+                    sort_keys=True,
+                ),
+            )
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    mode: str | Mapping[str, str] = "fused",
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    einsum: bool = True,
+    native_gelu: bool | None = None,
+    tile_rows: int | None = None,
+) -> Path:
+    """Export ``model`` (with any number of ADNTN layers) to an ONNX file; returns the path.
+
+    Args:
+        model: the model; ADNTN layers are found with ``named_modules``.
+        example_input: one input tensor (float32), e.g. ``torch.randn(1, 1, 28, 28)``.
+        path: where to write the ``.onnx`` file (written atomically).
+        mode: ``fused``, ``regenerate``, ``materialize``, ``dense`` (the generated weight as
+            an initializer, for comparison), ``auto`` (``ai.adntn`` placeholders with the
+            plan and cores, for the runtime to lower), or layer name -> mode.
+        opset: default-domain opset (18 or later; ``Gelu`` is native from 20).
+        dynamic_batch: make the first input dimension symbolic (``batch``).
+        einsum: ``Einsum`` nodes; ``False``: Transpose/Reshape/MatMul only (mobile builds).
+        native_gelu: see :func:`adntn_runtime.onnx_lowering.lower_layer`.
+        tile_rows: rows per tile in regenerate mode.
+
+    Raises:
+        ValueError: bad mode / opset / a mode the network does not support.
+        PermissionError: ``path``'s directory is not writable. Nothing is written on error.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {str(target)!r}: directory {str(parent)!r} does not exist"
+        )
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(
+            f"cannot write {str(target)!r}: directory {str(parent)!r} is not writable"
+        )
+    try:  # create the temporary file first: an unwritable place fails before the export
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write {str(target)!r}: directory {str(parent)!r} is not writable "
+            f"({exc.strerror or exc})"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            proto = export_onnx_model(
+                model,
+                example_input,
+                mode=mode,
+                opset=opset,
+                dynamic_batch=dynamic_batch,
+                einsum=einsum,
+                native_gelu=native_gelu,
+                tile_rows=tile_rows,
+            )
+            f.write(proto.SerializeToString())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target

@@ -1,0 +1,246 @@
+"""Named deployment targets for the TVM backend.
+
+Every target is a plain dict in TVM's ``Target`` JSON form (TVM 0.27 rejects CLI strings),
+wrapped in ``tvm.target.Target`` only when needed. Tags exist in TVM for the Pi 4, the Jetson
+Orin boards and Adreno, but the Orin Nano tag names the wrong host CPU (``carmel``) and there are
+no tags for the Pi 5 or Mali GPUs, so this registry spells every target out.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["cpu", "cuda", "opencl"]
+
+#: Debian package that provides each cross-compiler we use.
+CROSS_COMPILER_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
+
+_A72 = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a72",
+    "mattr": ["+neon"],
+    "num-cores": 4,
+}
+_A76 = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a76",
+    "mattr": ["+neon", "+dotprod", "+fullfp16"],
+    "num-cores": 4,
+}
+_A78 = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a78",
+    "mattr": ["+neon", "+dotprod", "+fullfp16"],
+}
+_ORIN_GPU = {
+    "kind": "cuda",
+    "arch": "sm_87",
+    "max_num_threads": 1024,
+    "max_threads_per_block": 1024,
+    "thread_warp_size": 32,
+    "max_shared_memory_per_block": 49152,
+    "registers_per_block": 65536,
+}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A named deployment target.
+
+    ``target`` is the device target dict (without ``host``); ``host`` the CPU that runs the
+    Relax VM and launches kernels (``None`` for CPU targets, whose host is the target itself).
+    ``cross_compiler`` is the linker used by ``export_library`` (``None``: the host's ``g++``).
+    ``arch`` is the CPU architecture of the device (``x86_64``/``aarch64``).
+    """
+
+    name: str
+    target: dict[str, Any]
+    host: dict[str, Any] | None
+    cross_compiler: str | None
+    kind: Kind
+    description: str
+    arch: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def target_dict(self) -> dict[str, Any]:
+        """The full target dict (device + ``host``), as given to ``tvm.target.Target``."""
+        out = dict(self.target)
+        if self.name == "host":
+            out.update(_host_cpu_attrs())
+        if self.host is not None:
+            out["host"] = dict(self.host)
+        return out
+
+    def tvm_target(self) -> Any:
+        """``tvm.target.Target`` for this spec (imports tvm)."""
+        import tvm
+
+        return tvm.target.Target(self.target_dict())
+
+    @property
+    def is_cross(self) -> bool:
+        """Whether artefacts are built for another CPU architecture than this machine's."""
+        return self.arch != _machine_arch()
+
+    def require_cross_compiler(self) -> str | None:
+        """Path of the cross-compiler, or ``None`` for native builds.
+
+        Raises ``RuntimeError`` naming the Debian package when the compiler is missing.
+        """
+        if self.cross_compiler is None:
+            return None
+        path = shutil.which(self.cross_compiler)
+        if path is None:
+            pkg = CROSS_COMPILER_PACKAGES.get(self.cross_compiler, self.cross_compiler)
+            raise RuntimeError(
+                f"target {self.name!r} needs the cross-compiler {self.cross_compiler!r}, which is "
+                f"not on PATH; install it with `apt-get install {pkg}` (Debian/Ubuntu package "
+                f"{pkg!r})"
+            )
+        return path
+
+    def fcompile(self) -> Callable[..., Any] | None:
+        """``fcompile`` for ``export_library``: the cross-linker, or ``None`` for the default."""
+        cc = self.require_cross_compiler()
+        if cc is None:
+            return None
+        import tvm.support.cc
+
+        return tvm.support.cc.cross_compiler(cc)
+
+
+def _machine_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def _host_cpu_attrs() -> dict[str, Any]:
+    """``mcpu`` and ``num-cores`` of this machine (TVM's LLVM rejects ``-mcpu=native``;
+    MetaSchedule needs ``num-cores``)."""
+    import os
+
+    from tvm.target import codegen
+
+    attrs: dict[str, Any] = {"num-cores": os.cpu_count() or 1}
+    cpu = str(codegen.llvm_get_system_cpu())
+    if cpu and cpu != "generic":
+        attrs["mcpu"] = cpu
+    return attrs
+
+
+def _cross(arch: str) -> str | None:
+    return None if arch == _machine_arch() else f"{arch}-linux-gnu-g++"
+
+
+_REGISTRY: dict[str, TargetSpec] = {
+    spec.name: spec
+    for spec in [
+        TargetSpec(
+            name="host",
+            target={"kind": "llvm"},
+            host=None,
+            cross_compiler=None,
+            kind="cpu",
+            description="This machine's CPU (LLVM, mcpu detected at compile time).",
+            arch=_machine_arch(),
+        ),
+        TargetSpec(
+            name="rpi4",
+            target=dict(_A72),
+            host=None,
+            cross_compiler=_cross("aarch64"),
+            kind="cpu",
+            description="Raspberry Pi 4B: 4x Cortex-A72, NEON "
+            "(as TVM tag raspberry-pi/4b-aarch64).",
+            arch="aarch64",
+        ),
+        TargetSpec(
+            name="rpi5",
+            target=dict(_A76),
+            host=None,
+            cross_compiler=_cross("aarch64"),
+            kind="cpu",
+            description="Raspberry Pi 5: 4x Cortex-A76, NEON + dotprod + fp16 (no TVM tag).",
+            arch="aarch64",
+        ),
+        TargetSpec(
+            name="jetson-orin-nano",
+            target=dict(_ORIN_GPU),
+            host={**_A78, "num-cores": 6},
+            cross_compiler=_cross("aarch64"),
+            kind="cuda",
+            description="Jetson Orin Nano: Ampere sm_87 GPU, 6x Cortex-A78AE host "
+            "(TVM's tag says carmel, which is wrong).",
+            arch="aarch64",
+        ),
+        TargetSpec(
+            name="jetson-orin-agx",
+            target=dict(_ORIN_GPU),
+            host={**_A78, "num-cores": 12},
+            cross_compiler=_cross("aarch64"),
+            kind="cuda",
+            description="Jetson AGX Orin: Ampere sm_87 GPU, 12x Cortex-A78AE host.",
+            arch="aarch64",
+        ),
+        TargetSpec(
+            name="mali",
+            target={
+                "kind": "opencl",
+                "device": "mali",
+                "max_num_threads": 256,
+                "max_threads_per_block": 256,
+                "thread_warp_size": 1,
+                "max_shared_memory_per_block": 32768,
+            },
+            host=dict(_A76),
+            cross_compiler=_cross("aarch64"),
+            kind="opencl",
+            description="ARM Mali GPU via OpenCL (-device=mali; no TVM tag), Cortex-A76 host.",
+            arch="aarch64",
+        ),
+        TargetSpec(
+            name="adreno",
+            target={
+                "kind": "opencl",
+                "device": "adreno",
+                "max_num_threads": 256,
+                "max_threads_per_block": 256,
+                "thread_warp_size": 1,
+                "max_shared_memory_per_block": 16384,
+                "texture_spatial_limit": 16384,
+                "texture_depth_limit": 2048,
+                "image_base_address_alignment": 64,
+            },
+            host=dict(_A76),
+            cross_compiler=_cross("aarch64"),
+            kind="opencl",
+            description="Qualcomm Adreno GPU via OpenCL (as TVM tag qcom/adreno-opencl), "
+            "Kryo (Cortex-A76-class) host.",
+            arch="aarch64",
+        ),
+    ]
+}
+
+
+def target_names() -> list[str]:
+    """Names accepted by :func:`get_target`."""
+    return list(_REGISTRY)
+
+
+def get_target(name: str | TargetSpec) -> TargetSpec:
+    """Look up a named target; raises ``ValueError`` naming the bad value and the valid ones."""
+    if isinstance(name, TargetSpec):
+        return name
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown target {name!r}; valid targets: {', '.join(_REGISTRY)}"
+        ) from None

@@ -1,0 +1,317 @@
+"""Tests of the TVM backend (adntn_export.tvm_backend) and its CLI verbs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+ort = pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _tvm_models as models  # noqa: E402
+
+from adntn_export.tvm_backend import compile as tc  # noqa: E402
+from adntn_export.tvm_backend import run as tr  # noqa: E402
+from adntn_export.tvm_backend.targets import get_target, target_names  # noqa: E402
+
+
+def _ref(path: str, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> str:
+    return models.matmul_tanh_chain(tmp_path_factory.mktemp("m") / "chain.onnx")
+
+
+@pytest.fixture(scope="module")
+def cores(tmp_path_factory) -> str:
+    return models.adntn_cores(tmp_path_factory.mktemp("m") / "cores.onnx")
+
+
+@pytest.fixture(scope="module")
+def x64() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((2, 64)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- host
+
+
+@pytest.mark.parametrize("mode", ["fold", "materialize"])
+def test_host_compile_matches_onnxruntime(chain, cores, x64, tmp_path, mode):
+    for model in (chain, cores):
+        out = tmp_path / Path(model).stem
+        manifest = tc.compile_onnx(model, "host", out, mode=mode)
+        got = tr.load(out).run({"x": x64})[0]
+        np.testing.assert_allclose(got, _ref(model, x64), atol=1e-5, rtol=1e-5)
+        assert manifest.mode == mode
+        assert (manifest.materialize is not None) == (mode == "materialize")
+
+
+def test_manifest_contents(chain, tmp_path):
+    tc.compile_onnx(chain, "host", tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["target"] == "host" and raw["mode"] == "fold"
+    assert raw["inputs"] == [{"name": "x", "shape": [2, 64], "dtype": "float32"}]
+    assert raw["outputs"][0]["shape"] == [128]
+    assert raw["tvm_version"].startswith("0.27") and raw["created"]
+    assert "model.so" in raw["files"]
+    assert any(f.startswith("runtime/libtvm_runtime") for f in raw["files"])
+    assert not (tmp_path / "libtvm_runtime.so").exists()  # libraries only in runtime/
+    import hashlib
+
+    for rel, digest in raw["files"].items():
+        assert hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() == digest
+
+
+def test_materialize_keeps_only_cores(tmp_path):
+    """materialize: main takes data inputs + generated weights; weights come from cores."""
+    big = models.adntn_cores(tmp_path / "big.onnx", n=512, rank=4)
+    fold = tc.compile_onnx(big, "host", tmp_path / "fold")
+    mat = tc.compile_onnx(big, "host", tmp_path / "mat", mode="materialize")
+    size = lambda o: (tmp_path / o / "model.so").stat().st_size  # noqa: E731
+    assert size("mat") < size("fold") / 4  # 512x512 dense weight folded vs 2x512x4 cores
+    x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    for out in ("fold", "mat"):
+        got = tr.load(tmp_path / out).run([x])[0]
+        np.testing.assert_allclose(got, _ref(big, x), atol=1e-4)  # 512-term sums
+    assert fold.materialize is None and mat.materialize == "materialize"
+
+
+def test_einsum_rewritten_and_correct(tmp_path):
+    import onnx
+
+    from adntn_export.tvm_backend.einsum_rewrite import rewrite_einsum
+
+    path = models.einsum_model(tmp_path / "ein.onnx")
+    rewritten, left = rewrite_einsum(onnx.load(path))
+    assert left == [] and all(n.op_type != "Einsum" for n in rewritten.graph.node)
+    manifest = tc.compile_onnx(path, "host", tmp_path / "out")
+    assert manifest.notes == []
+    x = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
+    np.testing.assert_allclose(tr.load(tmp_path / "out").run([x])[0], _ref(path, x), atol=1e-5)
+
+
+def test_bench_reports_percentiles(chain, x64, tmp_path):
+    tc.compile_onnx(chain, "host", tmp_path)
+    res = tr.load(tmp_path).bench([x64], warmup=2, runs=20)
+    assert res.runs == 20 and 0 < res.p50_ms <= res.p90_ms <= res.p99_ms
+
+
+# ----------------------------------------------------------------------------- aarch64 / qemu
+
+
+def _need_aarch64():
+    from adntn_export.tvm_backend.device_runtime import ensure_runtime
+
+    for tool, pkg in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+                      ("qemu-aarch64-static", "qemu-user-static")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian package {pkg})")
+    try:
+        ensure_runtime("aarch64", download=True, timeout=300)
+    except Exception as exc:  # no network / no wheel
+        pytest.skip(f"aarch64 TVM runtime wheels unavailable: {exc}")
+
+
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+@pytest.mark.parametrize("mode", ["fold", "materialize"])
+def test_arm_artefacts_run_under_qemu(cores, x64, tmp_path, target, mode):
+    _need_aarch64()
+    tc.compile_onnx(cores, target, tmp_path, mode=mode)
+    head = (tmp_path / "model.so").read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    for lib in ("libtvm_runtime.so", "libtvm_ffi.so"):
+        assert (tmp_path / "runtime" / lib).read_bytes()[18:20] == head[18:20]
+    outs, _ = tr.run_with_runner(tmp_path, [x64])
+    np.testing.assert_allclose(outs[0], _ref(cores, x64), atol=1e-5, rtol=1e-5)
+
+
+def test_arm_artefact_refuses_in_process_load(chain, tmp_path):
+    _need_aarch64()
+    tc.compile_onnx(chain, "rpi4", tmp_path)
+    with pytest.raises(RuntimeError, match="cannot run in-process"):
+        tr.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------- GPUs
+
+
+@pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-orin-agx"])
+def test_jetson_emits_cuda_source(chain, tmp_path, target):
+    manifest = tc.compile_onnx(chain, target, tmp_path)
+    src = (tmp_path / "kernels" / "model.cu").read_text()
+    assert "__global__" in src and "kernels/model.cu" in manifest.files
+    assert "runtime/libtvm_runtime_cuda.so" in manifest.files or manifest.notes
+    fatbins = list((tmp_path / "kernels").glob("*.fatbin"))
+    if shutil.which("nvcc") is None:
+        assert fatbins == [] and any("nvcc" in n for n in manifest.notes)
+        pytest.skip("nvcc not installed: sm_87 fatbin not built (source checked)")
+    assert [f.name for f in fatbins] == ["model_sm_87.fatbin"]
+    assert fatbins[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("target", ["mali", "adreno"])
+def test_opencl_kernels_run_on_pocl(tmp_path, target):
+    cl = pytest.importorskip("pyopencl")
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:
+        platforms = []
+    devices = [d for p in platforms for d in p.get_devices()]
+    if not devices:
+        pytest.skip("no OpenCL platform/device (install pocl-opencl-icd)")
+    n = 1024
+    model = models.elementwise(tmp_path / "e.onnx", n=n)
+    tc.compile_onnx(model, target, tmp_path / "out")
+    src = (tmp_path / "out" / "kernels" / "model.cl").read_text()
+    names = re.findall(r"__kernel void (\w+)\(", src)
+    assert names, src[:500]
+    # one fused elementwise kernel, indexed group_id(0) * 256 + local_id(0)
+    (name,) = set(names)
+    assert "get_group_id(0))) * 256" in src
+    ctx = cl.Context(devices[:1])
+    queue = cl.CommandQueue(ctx)
+    prog = cl.Program(ctx, src).build()
+    x = np.random.default_rng(3).standard_normal(n).astype(np.float32)
+    mf = cl.mem_flags
+    x_buf = cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=x)
+    y_buf = cl.Buffer(ctx, mf.WRITE_ONLY, x.nbytes)
+    getattr(prog, name)(queue, (n,), (256,), y_buf, x_buf)
+    y = np.empty_like(x)
+    cl.enqueue_copy(queue, y, y_buf)
+    np.testing.assert_allclose(y, np.tanh(x) * x, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- RPC
+
+
+def test_rpc_deploy_and_run_via_tracker(cores, x64, tmp_path):
+    """Host (x86) rpc_server registered on a local tracker at 127.0.0.1 (no ARM server here)."""
+    pytest.importorskip("tornado")
+    pytest.importorskip("psutil")
+    from adntn_export.tvm_backend import rpc
+
+    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    with rpc.start_local_rpc("adntn-test") as local:
+        model = tr.load_rpc(tmp_path, tracker=local.tracker_address, key="adntn-test")
+        np.testing.assert_allclose(model.run([x64])[0], _ref(cores, x64), atol=1e-5)
+        assert model.bench([x64], runs=5).runs == 5
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+@pytest.mark.slow
+def test_tuning_writes_database_and_resumes(chain, x64, tmp_path):
+    from adntn_export.tvm_backend.tune import count_records, tune_onnx
+
+    m1 = tune_onnx(chain, "host", tmp_path, trials=2)
+    db = Path(m1.tuned["database"])
+    assert (db / "database_tuning_record.json").exists()
+    first = (db / "database_tuning_record.json").read_text()
+    assert count_records(db) >= 2
+    np.testing.assert_allclose(tr.load(tmp_path).run([x64])[0], _ref(chain, x64), atol=1e-5)
+    t0 = time.time()
+    m2 = tune_onnx(chain, "host", tmp_path, trials=2)  # resumed: budget already met
+    assert m2.tuned["records_before"] == m1.tuned["records_after"]
+    assert (db / "database_tuning_record.json").read_text().startswith(first)  # nothing lost
+    assert time.time() - t0 < 60
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_unknown_target():
+    with pytest.raises(ValueError, match=r"unknown target 'pi9'.*rpi4"):
+        get_target("pi9")
+    assert set(target_names()) == {"host", "rpi4", "rpi5", "jetson-orin-nano",
+                                   "jetson-orin-agx", "mali", "adreno"}
+
+
+def test_missing_cross_compiler(chain, tmp_path, monkeypatch):
+    import adntn_export.tvm_backend.targets as targets
+
+    monkeypatch.setattr(targets.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="g\\+\\+-aarch64-linux-gnu"):
+        tc.compile_onnx(chain, "rpi5", tmp_path)
+
+
+def test_bad_mode_and_missing_model(chain, tmp_path):
+    with pytest.raises(ValueError, match="unknown mode 'lazy'"):
+        tc.compile_onnx(chain, "host", tmp_path, mode="lazy")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        tc.compile_onnx(tmp_path / "nope.onnx", "host", tmp_path)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracker_fails_fast(chain, tmp_path):
+    from adntn_export.tvm_backend.tune import tune_onnx
+
+    addr = f"127.0.0.1:{_closed_port()}"
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="unreachable"):
+        tune_onnx(chain, "rpi4", tmp_path, trials=4, rpc_tracker=addr, rpc_key="rpi4")
+    from adntn_export.tvm_backend.rpc import connect
+
+    with pytest.raises(RuntimeError, match="unreachable"):
+        connect(tracker=addr, key="rpi4")
+    assert time.time() - t0 < 10
+
+
+def test_device_target_needs_tracker(chain, tmp_path):
+    from adntn_export.tvm_backend.tune import tune_onnx
+
+    with pytest.raises(ValueError, match="rpc_tracker"):
+        tune_onnx(chain, "rpi4", tmp_path, trials=4)
+
+
+def test_corrupt_database(chain, tmp_path):
+    from adntn_export.tvm_backend.tune import tune_onnx
+
+    db = tmp_path / "tuning" / "host"
+    db.mkdir(parents=True)
+    (db / "database_workload.json").write_text('["abc", {"broken"\n')
+    with pytest.raises(RuntimeError, match="corrupt"):
+        tune_onnx(chain, "host", tmp_path, trials=4)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_compile_and_errors(chain, tmp_path, capsys):
+    from adntn_export.cli import main
+
+    assert main(["compile", chain, "--target", "host", "-o", str(tmp_path / "o"),
+                 "--mode", "materialize"]) == 0
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["mode"] == "materialize"
+    assert main(["serve-device", "--tracker", "10.0.0.2:9190", "--key", "rpi5"]) == 0
+    assert "rpc_server --tracker 10.0.0.2:9190 --key rpi5" in capsys.readouterr().out
+    port = _closed_port()
+    assert main(["tune", chain, "--target", "rpi4", "--trials", "2", "-o", str(tmp_path / "t"),
+                 "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_cli_help_does_not_import_tvm():
+    code = ("import sys; from adntn_export.cli import build_parser; build_parser(); "
+            "print('tvm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False", out.stderr
