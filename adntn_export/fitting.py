@@ -73,10 +73,20 @@ def fit_layer(
         x_cal = calibration.detach().reshape(-1, plan.in_features).to(ref.dtype)
         ref_act = (x_cal @ ref.T).norm().pow(2).clamp_min(1e-30)
     start = time.perf_counter()
+    # With a linear top step the weight is linear in the root core, so the fit runs on
+    # a unit-scale copy of the target (root divided by the same factor, restored after):
+    # Adam's steps are then of the same relative size for the root as for the other
+    # cores, which makes the fit converge far more reliably.
+    unit = float(ref.std()) if plan.top_is_linear and ref.numel() > 1 else 1.0
+    unit = unit if unit > 0 else 1.0
     with torch.no_grad():
+        ref = ref / unit
+        if x_cal is not None:
+            ref_act = ref_act / unit**2
         ref_norm = ref.norm().pow(2).clamp_min(1e-30)
-        # Start from the right scale: least-squares scale of the root (the weight is
-        # linear in it when the top step is linear).
+        gen.cores["root"].div_(unit)
+        gen.clear_cache()
+        # Start from the right scale: least-squares scale of the root.
         if plan.top_is_linear:
             w0 = gen.weight()
             scale = float((w0 * ref).sum() / w0.pow(2).sum().clamp_min(1e-30))
@@ -116,6 +126,8 @@ def fit_layer(
         act_err = None
         if x_cal is not None:
             act_err = float(((x_cal @ (gen.weight() - ref).T).norm().pow(2) / ref_act).sqrt())
+        gen.cores["root"].mul_(unit)
+        gen.clear_cache()
     if layer.bias_generator is not None and bias is not None:
         _fit_bias(layer, bias.detach(), steps=max(100, steps // 2), lr=lr)
     return FitResult(final, initial, steps, time.perf_counter() - start, act_err, history)
