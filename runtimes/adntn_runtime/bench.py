@@ -1,0 +1,551 @@
+"""Benchmark an ONNX file (every run mode and the dense model) or a TVM OUTDIR, torch-free.
+
+Each configuration (mode x batch) runs in its **own subprocess** (``python -m
+adntn_runtime.bench --child SPEC``), so its peak resident memory is its own: the child reads
+``VmHWM`` from ``/proc/self/status`` (the primary figure) and ``ru_maxrss`` (reported too,
+but on Linux it survives ``exec`` and so may carry the parent's peak). Within a child: load
+(timed), ``warmup`` calls, then timed calls until ``runs`` calls or ``max_seconds``.
+With ``repeats > 1`` the configurations are run in interleaved rounds (A B C A B C ...) and
+the per-round medians are combined by their median, which tames a noisy shared machine.
+
+For an ``auto`` file the configurations are: each requested mode (forced, lowered by the
+runtime; in the ``fused`` configuration a layer whose top step is nonlinear, which cannot
+run fused, is materialized: ``layers`` in the result says what ran), ``auto`` (the
+policy's choice; its calibration is warmed first in a separate subprocess so the ``auto``
+child reads the cache) and ``dense`` (the placeholders lowered with mode ``"dense"`` into
+a temporary file: the generated weight stored as an initializer, loaded as plain ONNX).
+A fixed-mode or plain file gives the single configuration ``file``.
+With ``runtime="tvm"`` the path is an ``adntn compile`` OUTDIR, run through
+:mod:`adntn_export.tvm_backend.run` (host toolchain; shapes are fixed by the OUTDIR).
+
+JSON schema (``SCHEMA = "adntn.bench/1"``), validated by :func:`validate_result`::
+
+    {
+      "schema": "adntn.bench/1",
+      "model": str, "model_bytes": int, "model_sha256": str,
+      "runtime": "onnxruntime" | "tvm",
+      "machine": {"cpu": str, "cpus": int, "platform": str, "python": str,
+                  "onnxruntime": str | null},
+      "threads": int | null, "warmup": int, "runs": int, "repeats": int,
+      "results": [{
+        "config": str,            # fused | materialize | regenerate | auto | dense | file | tvm
+        "batch": int,
+        "ok": bool, "error": str | null,
+        "latency_ms": {"p50": float, "p90": float, "p99": float, "mean": float, "min": float},
+        "runs": int,              # timed calls (summed over repeats)
+        "throughput_per_s": float,  # samples per second at p50 (batch / p50)
+        "load_s": float,          # session creation incl. lowering (and calibration for auto)
+        "peak_rss_bytes": int,    # VmHWM of the child
+        "baseline_rss_bytes": int,  # VmRSS of the child after importing onnx + onnxruntime
+                                    # (or tvm), before loading the model
+        "model_rss_bytes": int,   # peak - baseline
+        "ru_maxrss_bytes": int,
+        "file_bytes": int,        # size of the file the child loaded
+        "lowered_bytes": int | null,  # size of this mode exported in-graph (lower_model)
+        "layers": {layer: mode},  # the runtime's decisions (empty for dense / plain)
+        "p50_per_repeat": [float]
+      }],
+      "ratios": [{"config": str, "batch": int,
+                  "speedup_vs_dense": float,     # dense p50 / config p50
+                  "peak_rss_vs_dense": float,    # config peak / dense peak
+                  "model_rss_vs_dense": float}]  # config (peak - baseline) / dense's
+    }
+
+Failed configurations have ``ok: false`` and an ``error``; their numeric fields are 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SCHEMA", "bench_model", "validate_result"]
+
+SCHEMA = "adntn.bench/1"
+ORT_CONFIGS = ("fused", "materialize", "regenerate", "auto")
+_LAT_KEYS = ("p50", "p90", "p99", "mean", "min")
+
+
+def _status(field: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _timed_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < runs:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
+    return times
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration in this (fresh) process; returns the result fields."""
+    import resource
+
+    if spec["runtime"] == "tvm":
+        import tvm  # noqa: F401  (imports first: the baseline is a loaded, empty runtime)
+
+        from adntn_export.tvm_backend.run import load as tvm_load
+    else:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        from adntn_runtime.session import load
+    baseline = _status("VmRSS")
+    batch = int(spec["batch"])
+    out: dict[str, Any] = {"layers": {}}
+    t0 = time.perf_counter()
+    if spec["runtime"] == "tvm":
+        model = tvm_load(spec["path"])
+        out["load_s"] = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        inputs = [rng.standard_normal(t.shape).astype(t.dtype) for t in model.manifest.inputs]
+        batch = int(model.manifest.inputs[0].shape[0]) if model.manifest.inputs[0].shape else 1
+        args = model._args(inputs)
+        fn = model.vm["main"]
+
+        def call() -> Any:
+            fn(*args)
+            model.device.sync()
+
+        out["layers"] = {"*": model.manifest.mode}
+    else:
+        kwargs: dict[str, Any] = {"batch": batch, "threads": spec.get("threads")}
+        if spec["config"] in ("fused", "materialize", "regenerate"):
+            kwargs.update(modes=spec.get("modes") or spec["config"], calibrate=False)
+        if spec.get("einsum") is not None:
+            kwargs["einsum"] = spec["einsum"]
+        if spec.get("tile_rows") is not None:
+            kwargs["tile_rows"] = spec["tile_rows"]
+        sess = load(spec["path"], **kwargs)
+        out["load_s"] = time.perf_counter() - t0
+        name = sess.input_names[0]
+        shape = [batch if d is None else d for d in sess.input_shapes[name]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feeds = sess._feeds({name: x})
+        ort_sess = sess.ort_session
+
+        def call() -> Any:
+            ort_sess.run(None, feeds)
+
+        out["layers"] = {k: d.mode for k, d in sess.decisions.items()}
+    times = _timed_runs(call, int(spec["warmup"]), int(spec["runs"]), float(spec["max_seconds"]))
+    peak = _status("VmHWM")
+    out.update(
+        batch=batch,
+        times_ms=times,
+        peak_rss_bytes=peak,
+        baseline_rss_bytes=baseline,
+        ru_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    return out
+
+
+def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "adntn_runtime.bench", "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"child exited {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _fusable(model: Any) -> dict[str, bool]:
+    """Layer -> whether it can run fused (linear top step)."""
+    from onnx import helper
+
+    from adntn_runtime.onnx_lowering import ADNTN_DOMAIN
+    from adntn_runtime.plan import ADNTNPlan
+
+    out = {}
+    for node in model.graph.node:
+        if node.domain != ADNTN_DOMAIN:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plan = ADNTNPlan.from_dict(json.loads(attrs["plan"]))
+        layer = attrs.get("layer", b"")
+        out[layer.decode() if isinstance(layer, bytes) else layer] = plan.top_is_linear
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    from adntn_runtime.calibration import cpu_model
+
+    ort_version = None
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count() or 1,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort_version,
+    }
+
+
+def _empty(config: str, batch: int, error: str) -> dict[str, Any]:
+    return {
+        "config": config,
+        "batch": batch,
+        "ok": False,
+        "error": error,
+        "latency_ms": dict.fromkeys(_LAT_KEYS, 0.0),
+        "runs": 0,
+        "throughput_per_s": 0.0,
+        "load_s": 0.0,
+        "peak_rss_bytes": 0,
+        "baseline_rss_bytes": 0,
+        "model_rss_bytes": 0,
+        "ru_maxrss_bytes": 0,
+        "file_bytes": 0,
+        "lowered_bytes": None,
+        "layers": {},
+        "p50_per_repeat": [],
+    }
+
+
+def bench_model(
+    path: str | os.PathLike[str],
+    *,
+    runtime: str = "onnxruntime",
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    modes: Sequence[str] = ORT_CONFIGS,
+    dense: bool = True,
+    warmup: int = 5,
+    runs: int = 50,
+    max_seconds: float = 10.0,
+    repeats: int = 1,
+    einsum: bool | None = None,
+    timeout: float = 900.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``path`` (see the module docstring); returns the JSON-ready result.
+
+    Args:
+        path: an ONNX file (``runtime="onnxruntime"``) or an OUTDIR (``runtime="tvm"``).
+        batches: batch sizes (ORT only; a TVM OUTDIR has its batch fixed).
+        threads: ORT intra-op threads (None: ORT's default).
+        modes: which of ``fused, materialize, regenerate, auto`` to run (auto files).
+        dense: also run the dense model (auto files).
+        warmup, runs, max_seconds: per child: warm-up calls, timed calls, time box.
+        repeats: interleaved rounds over all configurations.
+        einsum: passed to :func:`adntn_runtime.load` (None: the runtime's choice).
+        timeout: seconds per child.
+        progress: called with a line of text per finished child.
+    """
+    import hashlib
+
+    if runtime not in ("onnxruntime", "tvm"):
+        raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: ['onnxruntime', 'tvm']")
+    for b in batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch sizes must be ints >= 1, got {b!r}")
+    bad = [m for m in modes if m not in ORT_CONFIGS]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; valid modes: {list(ORT_CONFIGS)}")
+    for name, value, low in (("warmup", warmup, 0), ("runs", runs, 1), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    common = {
+        "runtime": runtime,
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "max_seconds": max_seconds,
+        "einsum": einsum,
+    }
+    tmpdir = tempfile.TemporaryDirectory(prefix="adntn-bench-")
+    configs: list[tuple[str, int, dict[str, Any]]] = []
+    sizes: dict[str, int | None] = {}
+    if runtime == "tvm":
+        if not path.is_dir():
+            raise ValueError(f"runtime 'tvm' needs an `adntn compile` OUTDIR, got file {path}")
+        so = path / "model.so"
+        model_bytes = so.stat().st_size if so.exists() else 0
+        sha = hashlib.sha256(so.read_bytes()).hexdigest() if so.exists() else ""
+        configs.append(("tvm", 0, {**common, "config": "tvm", "path": str(path), "batch": 1}))
+        file_sizes = {"tvm": model_bytes}
+    else:
+        import onnx
+
+        from adntn_runtime import onnx_lowering as lowering
+        from adntn_runtime.calibration import sha256_file
+        from adntn_runtime.session import _read_model
+
+        model = _read_model(path)
+        model_bytes = path.stat().st_size
+        sha = sha256_file(path)
+        file_sizes = {}
+        if lowering.placeholder_layers(model):
+            for m in modes:
+                if m != "auto":
+                    per = m
+                    if m == "fused":
+                        per = {
+                            k: "fused" if ok else "materialize" for k, ok in _fusable(model).items()
+                        }
+                    sizes[m] = lowering.lower_model(model, per).ByteSize()
+                file_sizes[m] = model_bytes
+            if dense:
+                dense_path = Path(tmpdir.name) / "dense.onnx"
+                onnx.save(lowering.lower_model(model, "dense"), str(dense_path))
+                file_sizes["dense"] = dense_path.stat().st_size
+                sizes["dense"] = file_sizes["dense"]
+            fusable = _fusable(model)
+            for b in batches:
+                for m in modes:
+                    spec = {**common, "config": m, "path": str(path), "batch": b}
+                    if m == "fused" and not all(fusable.values()):
+                        spec["modes"] = {
+                            k: "fused" if ok else "materialize" for k, ok in fusable.items()
+                        }
+                    configs.append((m, b, spec))
+                if dense:
+                    configs.append(
+                        (
+                            "dense",
+                            b,
+                            {**common, "config": "dense", "path": str(dense_path), "batch": b},
+                        )
+                    )
+            if "auto" in modes:  # warm the calibration cache in its own process
+                for b in batches:
+                    warm = {
+                        **common,
+                        "config": "auto",
+                        "path": str(path),
+                        "batch": b,
+                        "warmup": 0,
+                        "runs": 1,
+                    }
+                    got = _run_child(warm, timeout)
+                    if progress:
+                        progress(f"calibrated auto at batch {b}: {got.get('error') or 'ok'}")
+        else:
+            file_sizes["file"] = model_bytes
+            for b in batches:
+                configs.append(
+                    ("file", b, {**common, "config": "file", "path": str(path), "batch": b})
+                )
+        del model
+    raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for _ in range(repeats):
+        for config, b, spec in configs:
+            got = _run_child(spec, timeout)
+            raw.setdefault((config, b), []).append(got)
+            if progress:
+                p50 = statistics.median(got["times_ms"]) if "times_ms" in got else None
+                progress(
+                    f"{config} batch {b}: "
+                    + (f"p50 {p50:.3f} ms" if p50 is not None else f"error {got['error']}")
+                )
+    results = []
+    for (config, b), runs_ in raw.items():
+        good = [r for r in runs_ if "times_ms" in r]
+        if not good:
+            results.append(_empty(config, b, runs_[0].get("error", "unknown error")))
+            continue
+        times = [t for r in good for t in r["times_ms"]]
+        p50s = [statistics.median(r["times_ms"]) for r in good]
+        p50 = statistics.median(p50s)
+        batch = int(good[0]["batch"])
+        peak = int(statistics.median([r["peak_rss_bytes"] for r in good]))
+        base = int(statistics.median([r["baseline_rss_bytes"] for r in good]))
+        p90, p99 = (float(v) for v in np.percentile(times, [90, 99]))
+        results.append(
+            {
+                "config": config,
+                "batch": batch,
+                "ok": True,
+                "error": None,
+                "latency_ms": {
+                    "p50": p50,
+                    "p90": p90,
+                    "p99": p99,
+                    "mean": float(np.mean(times)),
+                    "min": float(np.min(times)),
+                },
+                "runs": len(times),
+                "throughput_per_s": batch / p50 * 1e3,
+                "load_s": float(statistics.median([r["load_s"] for r in good])),
+                "peak_rss_bytes": peak,
+                "baseline_rss_bytes": base,
+                "model_rss_bytes": max(peak - base, 0),
+                "ru_maxrss_bytes": int(max(r["ru_maxrss_bytes"] for r in good)),
+                "file_bytes": int(file_sizes.get(config, model_bytes)),
+                "lowered_bytes": sizes.get(config),
+                "layers": good[0]["layers"],
+                "p50_per_repeat": p50s,
+            }
+        )
+    tmpdir.cleanup()
+    ratios = []
+    for r in results:
+        d = next((x for x in results if x["config"] == "dense" and x["batch"] == r["batch"]), None)
+        if d is None or r["config"] == "dense" or not (r["ok"] and d["ok"]):
+            continue
+        ratios.append(
+            {
+                "config": r["config"],
+                "batch": r["batch"],
+                "speedup_vs_dense": d["latency_ms"]["p50"] / r["latency_ms"]["p50"],
+                "peak_rss_vs_dense": r["peak_rss_bytes"] / max(d["peak_rss_bytes"], 1),
+                "model_rss_vs_dense": r["model_rss_bytes"] / max(d["model_rss_bytes"], 1),
+            }
+        )
+    return {
+        "schema": SCHEMA,
+        "model": str(path),
+        "model_bytes": int(model_bytes),
+        "model_sha256": sha,
+        "runtime": runtime,
+        "machine": _machine(),
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "repeats": repeats,
+        "results": results,
+        "ratios": ratios,
+    }
+
+
+def validate_result(data: Any) -> None:
+    """Raise ``ValueError`` naming the first field of ``data`` that breaks the schema."""
+
+    def need(obj: Any, key: str, types: Any, where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"{where}: missing key {key!r}")
+        if (
+            not isinstance(obj[key], types)
+            or isinstance(obj[key], bool)
+            and bool not in (types if isinstance(types, tuple) else (types,))
+        ):
+            raise ValueError(f"{where}.{key}: expected {types}, got {type(obj[key]).__name__}")
+        return obj[key]
+
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(
+            f"not an {SCHEMA} result: schema is {data.get('schema')!r}"
+            if isinstance(data, dict)
+            else "not a JSON object"
+        )
+    num = (int, float)
+    need(data, "model", str, "$")
+    need(data, "model_bytes", int, "$")
+    need(data, "model_sha256", str, "$")
+    if need(data, "runtime", str, "$") not in ("onnxruntime", "tvm"):
+        raise ValueError(f"$.runtime: {data['runtime']!r} is not onnxruntime or tvm")
+    machine = need(data, "machine", dict, "$")
+    for key, t in (("cpu", str), ("cpus", int), ("platform", str), ("python", str)):
+        need(machine, key, t, "$.machine")
+    need(machine, "onnxruntime", (str, type(None)), "$.machine")
+    need(data, "threads", (int, type(None)), "$")
+    for key in ("warmup", "runs", "repeats"):
+        need(data, key, int, "$")
+    for n, r in enumerate(need(data, "results", list, "$")):
+        w = f"$.results[{n}]"
+        need(r, "config", str, w)
+        need(r, "batch", int, w)
+        need(r, "ok", bool, w)
+        need(r, "error", (str, type(None)), w)
+        lat = need(r, "latency_ms", dict, w)
+        for key in _LAT_KEYS:
+            need(lat, key, num, f"{w}.latency_ms")
+        for key in (
+            "runs",
+            "peak_rss_bytes",
+            "baseline_rss_bytes",
+            "model_rss_bytes",
+            "ru_maxrss_bytes",
+            "file_bytes",
+        ):
+            need(r, key, int, w)
+        need(r, "throughput_per_s", num, w)
+        need(r, "load_s", num, w)
+        need(r, "lowered_bytes", (int, type(None)), w)
+        need(r, "layers", dict, w)
+        need(r, "p50_per_repeat", list, w)
+        if r["ok"] and not lat["p50"] > 0:
+            raise ValueError(f"{w}.latency_ms.p50: must be > 0 for an ok result")
+    for n, r in enumerate(need(data, "ratios", list, "$")):
+        w = f"$.ratios[{n}]"
+        need(r, "config", str, w)
+        need(r, "batch", int, w)
+        for key in ("speedup_vs_dense", "peak_rss_vs_dense", "model_rss_vs_dense"):
+            need(r, key, num, w)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m adntn_runtime.bench MODEL [--batch 1,8] [--json OUT]`` (torch-free)."""
+    parser = argparse.ArgumentParser(prog="python -m adntn_runtime.bench")
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "tvm"))
+    parser.add_argument("--batch", default="1")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--modes", default=",".join(ORT_CONFIGS))
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return 0
+    if not args.model:
+        parser.error("MODEL is required")
+    data = bench_model(
+        args.model,
+        runtime=args.runtime,
+        batches=[int(b) for b in args.batch.split(",")],
+        threads=args.threads,
+        modes=[m for m in args.modes.split(",") if m],
+        runs=args.runs,
+        repeats=args.repeats,
+        progress=lambda s: print(s, file=sys.stderr),
+    )
+    text = json.dumps(data, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

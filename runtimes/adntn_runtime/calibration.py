@@ -1,0 +1,256 @@
+"""Short on-device measurements that calibrate the policy, cached per device and model.
+
+Two kinds of numbers:
+
+* :class:`~adntn_runtime.policy.DeviceRates` (per thread count): ORT ``Gemm`` rate when
+  compute-bound, the rate of streaming a weight larger than the caches, the rate of the
+  generator's small ``Einsum`` contractions, the cost per element an einsum writes, and the
+  fixed cost of a node. About a second in all.
+* per-layer latencies: each candidate mode of each ADNTN layer lowered alone
+  (:func:`adntn_runtime.onnx_lowering.layer_model`) and timed (median of a few runs).
+
+Both are stored in one JSON file per (CPU model, ORT version, model sha256) under
+``$ADNTN_CACHE_DIR/calibration/`` (default ``~/.cache/adntn/calibration/``)::
+
+    {"format": 1, "cpu": "...", "onnxruntime": "1.31.1", "model_sha256": "...",
+     "rates": {"threads=1": {"gemm_gflops": ..., ...}},
+     "layers": {"fc|fused|einsum=1|b1|t1|tile=None": {"ms": 0.14, "rss_bytes": 12288}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adntn_runtime.policy import DeviceRates
+
+__all__ = [
+    "CalibrationCache",
+    "cache_dir",
+    "cpu_model",
+    "measure_device_rates",
+    "sha256_file",
+    "time_call",
+    "vm_rss_bytes",
+]
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """``$ADNTN_CACHE_DIR`` or ``~/.cache/adntn``."""
+    env = os.environ.get("ADNTN_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "adntn"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def vm_rss_bytes(field: str = "VmRSS") -> int:
+    """``VmRSS`` (or ``VmHWM``) of this process from ``/proc/self/status``; 0 if unavailable."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def time_call(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 2,
+    min_runs: int = 3,
+    max_runs: int = 25,
+    max_seconds: float = 0.3,
+) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls, within a time box."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_runs and time.perf_counter() - start > max_seconds:
+            break
+    return statistics.median(times) * 1e3
+
+
+class CalibrationCache:
+    """The JSON calibration file of one (device, ORT version, model)."""
+
+    def __init__(self, model_sha256: str, *, directory: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        self.cpu = cpu_model()
+        self.ort_version = ort.__version__
+        self.model_sha256 = model_sha256
+        key = f"{self.cpu}|{self.ort_version}|{model_sha256}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        self.path = (directory or cache_dir()) / "calibration" / f"{digest}.json"
+        self.data: dict[str, Any] = {
+            "format": CACHE_FORMAT,
+            "cpu": self.cpu,
+            "onnxruntime": self.ort_version,
+            "model_sha256": model_sha256,
+            "rates": {},
+            "layers": {},
+        }
+        self.loaded = False
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(self.path.read_text())
+            if data.get("format") == CACHE_FORMAT and data.get("model_sha256") == model_sha256:
+                self.data.update(data)
+                self.loaded = True
+        self._dirty = False
+
+    def rates(self, threads: int) -> DeviceRates | None:
+        """Cached device rates for ``threads``, or None."""
+        got = self.data["rates"].get(f"threads={threads}")
+        return DeviceRates.from_dict(got) if got else None
+
+    def set_rates(self, threads: int, rates: DeviceRates) -> None:
+        """Store device rates for ``threads``."""
+        self.data["rates"][f"threads={threads}"] = rates.to_dict()
+        self._dirty = True
+
+    def layer(self, key: str) -> dict[str, float] | None:
+        """A cached per-layer measurement, or None."""
+        return self.data["layers"].get(key)
+
+    def set_layer(self, key: str, value: dict[str, float]) -> None:
+        """Store a per-layer measurement."""
+        self.data["layers"][key] = value
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the file atomically (best effort: an unwritable cache is not an error)."""
+        if not self._dirty:
+            return
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+            self._dirty = False
+
+
+def _session(model: Any, threads: int, *, folding: bool = True) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not folding:
+        so.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _gemm_model(m: int, n: int, weight: np.ndarray | None = None) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = weight if weight is not None else rng.standard_normal((m, n), dtype=np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", m])
+    node = helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
+    graph = helper.make_graph([node], "gemm", [x], [y], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+def measure_device_rates(threads: int = 1) -> DeviceRates:
+    """Micro-benchmarks of ORT on this device (about a second); see the module docstring."""
+    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
+    from adntn_runtime.plan import ADNTNPlan
+
+    rng = np.random.default_rng(0)
+    # Compute-bound GEMM: batch 64 through a 1024x1024 weight (in cache).
+    s = _session(_gemm_model(1024, 1024), threads)
+    x = rng.standard_normal((64, 1024), dtype=np.float32)
+    ms = time_call(lambda: s.run(None, {"x": x}), max_seconds=0.25)
+    gemm = 2 * 64 * 1024 * 1024 / (ms * 1e6)
+    # Streaming: batch 1 through a 32 MiB weight.
+    s = _session(_gemm_model(2048, 4096), threads)
+    x1 = rng.standard_normal((1, 4096), dtype=np.float32)
+    ms = time_call(lambda: s.run(None, {"x": x1}), max_seconds=0.25)
+    bw = 2048 * 4096 * 4 / (ms * 1e6)
+    del s
+    # Node overhead: a chain of 32 tiny Einsum nodes.
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, prev = [], "x"
+    for k in range(32):
+        nodes.append(helper.make_node("Einsum", [prev, "c"], [f"v{k}"], equation="ab,bc->ac"))
+        prev = f"v{k}"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "c")],
+    )
+    chain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    chain.ir_version = 10
+    s = _session(chain, threads)
+    xs = np.ones((1, 4), np.float32)
+    overhead_us = time_call(lambda: s.run(None, {"x": xs}), max_seconds=0.15) * 1e3 / 32
+    # Einsum rate and per-element cost: a fused and a regenerated 1024x1024 TTN layer.
+    plan = ADNTNPlan(1024, 1024, network="ttn", bond_dim=4)
+    cores = {k: rng.standard_normal(c.shape, dtype=np.float32) for k, c in plan.cores.items()}
+    spec = LayerSpec("cal", "linear", plan, cores)
+    base = DeviceRates(gemm, bw, 1.0, 0.0, overhead_us)
+    from adntn_runtime.policy import predict_latency_ms
+
+    xb = rng.standard_normal((32, 1024), dtype=np.float32)
+    s = _session(layer_model(spec, "fused", input_shape=("batch", 1024)), threads)
+    fused_ms = time_call(lambda: s.run(None, {"input": xb}), max_seconds=0.2)
+    cost = plan.cost("fused", 32)
+    fixed = predict_latency_ms(plan, "fused", 32, replace_rates(base, einsum_gflops=1e12))
+    einsum = cost.flops / max((fused_ms - fixed) * 1e6, 1e-3)
+    einsum = min(max(einsum, 0.05), gemm)
+    regen = layer_model(spec, "regenerate", input_shape=("batch", 1024))
+    s = _session(regen, threads, folding=False)
+    regen_ms = time_call(lambda: s.run(None, {"input": x[:1]}), warmup=1, max_seconds=0.3)
+    with_rate = replace_rates(base, einsum_gflops=einsum)
+    rest = predict_latency_ms(plan, "regenerate", 1, with_rate)
+    from adntn_runtime.policy import _written_elements
+
+    written = _written_elements(plan, "regenerate", 1, None)
+    ns = max((regen_ms - rest) * 1e6 / max(written, 1), 0.0)
+    return DeviceRates(gemm, bw, einsum, ns, overhead_us)
+
+
+def replace_rates(rates: DeviceRates, **changes: float) -> DeviceRates:
+    """A copy of ``rates`` with some fields changed."""
+    return DeviceRates(**{**rates.to_dict(), **changes})

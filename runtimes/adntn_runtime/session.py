@@ -1,0 +1,940 @@
+"""Load an ONNX file with ADNTN layers and run it with ONNX Runtime, each layer in the best mode.
+
+:func:`load` handles three kinds of file:
+
+* **auto** (exported with ``mode="auto"``): every ``ai.adntn`` placeholder is lowered in the
+  mode the policy (:mod:`adntn_runtime.policy`) picks from the memory budget and latency
+  target, using calibration measured on this device (:mod:`adntn_runtime.calibration`).
+* **fixed** (exported in one mode): loaded as is; each layer's mode is reported as forced.
+* **plain** ONNX (no ADNTN metadata): loaded as plain ONNX, no decisions.
+
+Constant folding. ORT's ``ConstantFolding`` is one switch per session, but the three modes
+want different things: a regenerated layer must *not* be folded (folding would build the
+whole weight at load), a materialized layer wants its weight built once, a fused layer wants
+its ``x``-independent factors built once. The runtime therefore never relies on ORT folding
+for ADNTN layers:
+
+* materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and hands
+  the dense weight to ORT as an external initializer (``add_external_initializers``: no
+  protobuf copy), feeding an ordinary ``Gemm``/``Conv``; the cores are dropped;
+* fused: the runtime evaluates the layer's ``x``-independent nodes once at load and stores
+  the results (the small cached factors) as initializers;
+* regenerate: left as lowered; when any layer is regenerated, ``ConstantFolding`` is switched
+  off for the session (it is then a no-op for the other two modes, already precomputed).
+
+Non-ADNTN parts of the model keep ORT's default folding unless a layer is regenerated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, LayerSpec
+from adntn_runtime.plan import MODES, ADNTNPlan
+from adntn_runtime.policy import (
+    DEFAULT_RATES,
+    Candidate,
+    DeviceRates,
+    LayerChoice,
+    choose_modes,
+    layer_candidates,
+)
+from adntn_runtime.schedule import Contract
+
+__all__ = ["LayerDecision", "Session", "generate_weight_fast", "load", "lower_for_runtime"]
+
+_FOLDING_OFF = ("optimization.disable_specified_optimizers", "ConstantFolding")
+#: A candidate predicted this many times slower than the best one is not measured.
+_MEASURE_RATIO = 10.0
+
+
+@dataclass
+class LayerDecision:
+    """The mode one ADNTN layer runs in, and why.
+
+    Latencies in milliseconds for one call of the layer alone at the session's batch size;
+    memory in bytes (predicted: the policy's accounting; measured: resident-set growth while
+    the layer alone was built and run during calibration, approximate).
+    """
+
+    layer: str
+    mode: str
+    forced: bool
+    reason: str
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    predicted_memory_bytes: int | None = None
+    measured_memory_bytes: int | None = None
+    einsum: bool | None = None
+    tile_rows: int | None = None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (NaN becomes None)."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, float) and math.isnan(v):
+                out[k] = None
+        return out
+
+
+# ---------------------------------------------------------------------------- numpy weight
+def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The ``(out, in)`` float32 weight, as :func:`adntn_runtime.reference.generate_weight`
+    but with BLAS-backed two-operand contractions (``opt_einsum.contract``)."""
+    import opt_einsum
+
+    from adntn_runtime.activations import apply_activation
+
+    sch = plan.schedule("materialize")
+    env: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in cores.items()}
+    uses: dict[str, int] = {}
+    for step in sch.steps:
+        for name in step.inputs if isinstance(step, Contract) else (step.input,):
+            uses[name] = uses.get(name, 0) + 1
+    for step in sch.steps:
+        if isinstance(step, Contract):
+            a, b = (env[n] for n in step.inputs)
+            env[step.output] = opt_einsum.contract(step.equation, a, b)
+            consumed = step.inputs
+        else:
+            env[step.output] = apply_activation(step.activation, env[step.input])
+            consumed = (step.input,)
+        for name in consumed:
+            uses[name] -= 1
+            if uses[name] == 0 and name not in cores:
+                del env[name]  # free intermediates early: peak memory matters here
+    w = env[sch.output].reshape(plan.rows_padded, plan.cols_padded)
+    if w.shape != (plan.out_features, plan.in_features):
+        w = np.ascontiguousarray(w[: plan.out_features, : plan.in_features])
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- lowering
+def _meta(node: onnx.NodeProto, key: str) -> str | None:
+    for p in node.metadata_props:
+        if p.key == key:
+            return p.value
+    return None
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = TensorProto.FLOAT
+    t.dims.extend(int(d) for d in shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (
+        ("location", f"{name}.adntn"),
+        ("offset", "0"),
+        ("length", str(4 * math.prod(shape))),
+    ):
+        e = t.external_data.add()
+        e.key, e.value = key, value
+    return t
+
+
+def _materialize_nodes(
+    spec: LayerSpec, input_name: str, output_name: str, externals: dict[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer)."""
+    p = spec.prefix
+    w = generate_weight_fast(spec.plan, spec.cores)
+    bias = spec.dense_bias()
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    bias_name = None
+    if bias is not None:
+        bias_name = f"{p}/materialized/bias"
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), bias_name))
+
+    def mk(op: str, inputs: list[str], output: str, name: str, **attrs: Any) -> None:
+        node = helper.make_node(op, inputs, [output], name=f"{p}/{name}", **attrs)
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "adntn.layer", p
+        nodes.append(node)
+
+    wname = f"{p}/materialized/weight"
+    if spec.kind == "conv2d":
+        conv = spec.conv
+        assert conv is not None
+        w = w.reshape(spec.out_features, conv.in_channels, *conv.kernel_shape)
+        mk(
+            "Conv",
+            [input_name, wname] + ([bias_name] if bias_name else []),
+            output_name,
+            "conv",
+            **conv.attributes(),
+        )
+    elif spec.input_rank == 2:
+        mk(
+            "Gemm",
+            [input_name, wname] + ([bias_name] if bias_name else []),
+            output_name,
+            "gemm",
+            transB=1,
+        )
+    else:  # (..., in) @ (in, out): MatMul broadcasts the leading dims
+        w = np.ascontiguousarray(w.T)
+        if bias_name:
+            mk("MatMul", [input_name, wname], f"{p}/matmul", "matmul")
+            mk("Add", [f"{p}/matmul", bias_name], output_name, "bias.add")
+        else:
+            mk("MatMul", [input_name, wname], output_name, "matmul")
+    externals[wname] = w
+    inits.append(_external_tensor(wname, w.shape))
+    return nodes, inits
+
+
+def lower_for_runtime(
+    model: onnx.ModelProto,
+    modes: Mapping[str, str],
+    *,
+    einsum: bool | Mapping[str, bool] = True,
+    batch_hint: int = 1,
+    tile_rows: int | None = None,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
+    """Lower every placeholder in its mode, the runtime's way (see the module docstring).
+
+    Returns ``(model, externals, needs_no_folding)``: ``externals`` maps initializer names to
+    the materialized weights to pass with ``SessionOptions.add_external_initializers``.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = lowering.placeholder_layers(out)
+    missing = [n for n in names if n not in modes]
+    unknown = [n for n in modes if n not in names]
+    if missing or unknown:
+        raise ValueError(
+            f"modes must name every ADNTN layer exactly: missing {missing}, unknown {unknown}; "
+            f"the model's layers: {names}"
+        )
+    opset = lowering._default_opset(out)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
+    externals: dict[str, np.ndarray] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    needs_no_folding = False
+    fused_layers: set[str] = set()
+    for node in graph.node:
+        if not (node.domain == ADNTN_DOMAIN and node.op_type in ("ADNTNLinear", "ADNTNConv2d")):
+            new_nodes.append(node)
+            continue
+        for name in node.input[1:]:
+            if name not in arrays and name in inits:
+                arrays[name] = numpy_helper.to_array(inits[name])
+        spec = lowering.spec_from_node(node, arrays)
+        mode = modes[spec.name]
+        if mode not in MODES:
+            raise ValueError(
+                f"layer {spec.prefix!r}: unknown mode {mode!r}; valid modes: {list(MODES)}"
+            )
+        use_einsum = einsum if isinstance(einsum, bool) else bool(einsum.get(spec.name, True))
+        if mode == "materialize":
+            nodes, extra = _materialize_nodes(spec, node.input[0], node.output[0], externals)
+        else:
+            roles = [
+                helper.get_attribute_value(a) for a in node.attribute if a.name == "param_roles"
+            ]
+            role_names = {
+                (r.decode() if isinstance(r, bytes) else r): n
+                for r, n in zip(roles[0], node.input[1:], strict=True)
+            }
+            lowered = lowering.lower_layer(
+                spec,
+                mode,
+                input_name=node.input[0],
+                output_name=node.output[0],
+                einsum=use_einsum,
+                opset=opset,
+                batch_hint=batch_hint,
+                tile_rows=tile_rows,
+                param_names=role_names,
+            )
+            nodes, extra = lowered.nodes, lowered.initializers
+            needs_no_folding |= lowered.needs_no_constant_folding
+            if mode == "fused":
+                fused_layers.add(spec.prefix)
+        new_nodes.extend(nodes)
+        new_inits.extend(extra)
+        plan = spec.plan
+        _set_metadata(
+            out,
+            f"adntn.layer.{spec.prefix}",
+            json.dumps(
+                {
+                    "kind": spec.kind,
+                    "mode": mode,
+                    "network": plan.network,
+                    "bond_dims": list(plan.bond_dims),
+                    "shape": [plan.out_features, plan.in_features],
+                    "compression_ratio": round(plan.compression_ratio, 3),
+                    "einsum": use_einsum,
+                    "lowered_by": "adntn_runtime",
+                },
+                sort_keys=True,
+            ),
+        )
+    used = {name for n in new_nodes for name in n.input}
+    kept = [t for t in list(graph.initializer) + new_inits if t.name in used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    keep = [imp for imp in out.opset_import if imp.domain != ADNTN_DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    out.ir_version = lowering.IR_VERSION
+    if fused_layers:
+        _precompute_constants(out, fused_layers)
+    if needs_no_folding:
+        _set_metadata(
+            out, lowering.SESSION_OPTIONS_KEY, json.dumps(lowering.NO_FOLDING_SESSION_OPTIONS)
+        )
+    return out, externals, needs_no_folding
+
+
+def _precompute_constants(model: onnx.ModelProto, layers: set[str]) -> None:
+    """Evaluate the ``x``-independent nodes of the given layers once; store them as initializers."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    const = {t.name for t in graph.initializer}
+    picked: list[onnx.NodeProto] = []
+    picked_ids: set[int] = set()
+    for idx, node in enumerate(graph.node):
+        if _meta(node, "adntn.layer") not in layers or not node.input:
+            continue
+        if all(i == "" or i in const for i in node.input):
+            picked.append(node)
+            picked_ids.add(idx)
+            const.update(node.output)
+    if not picked:
+        return
+    produced = {o for n in picked for o in n.output}
+    rest = [n for i, n in enumerate(graph.node) if i not in picked_ids]
+    frontier = sorted(
+        {i for n in rest for i in n.input if i in produced}
+        | {o.name for o in graph.output if o.name in produced}
+    )
+    if not frontier:
+        return
+    needed = {i for n in picked for i in n.input}
+    mini_inits = [t for t in graph.initializer if t.name in needed]
+    mini = helper.make_graph(
+        picked,
+        "adntn_constants",
+        [],
+        [helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in frontier],
+        mini_inits,
+    )
+    mini_model = helper.make_model(mini, opset_imports=list(model.opset_import))
+    mini_model.ir_version = model.ir_version
+    inferred = onnx.shape_inference.infer_shapes(mini_model)
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*inferred.graph.value_info, *inferred.graph.output]
+    }
+    del mini_model.graph.output[:]
+    mini_model.graph.output.extend(
+        helper.make_tensor_value_info(v, types.get(v) or TensorProto.FLOAT, None) for v in frontier
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(
+        mini_model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+    values = sess.run(frontier, {})
+    del graph.node[:]
+    graph.node.extend(rest)
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(v), name)
+        for name, v in zip(frontier, values, strict=True)
+    )
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+# ---------------------------------------------------------------------------- session
+class Session:
+    """An ONNX Runtime session over a (lowered) model, with the per-layer decisions.
+
+    Attributes:
+        path: the file loaded.
+        kind: ``"auto"``, ``"fixed"`` or ``"plain"``.
+        decisions: layer name -> :class:`LayerDecision` (empty for plain ONNX).
+        input_names, output_names, input_shapes: of the model (shapes hold ``None`` for
+            symbolic dimensions).
+        load_seconds: wall time of :func:`load` (lowering, calibration, session creation).
+        calibration_seconds: the part spent measuring (0 when cached or off).
+        rates: the device rates the predictions used.
+        ort_session: the ``onnxruntime.InferenceSession``.
+        model: the lowered ``ModelProto`` of an auto file (materialized weights are external,
+            not in it); None for fixed and plain files (loaded by ORT from the path).
+    """
+
+    def __init__(
+        self,
+        ort_session: Any,
+        *,
+        path: Path,
+        kind: str,
+        decisions: dict[str, LayerDecision],
+        model: onnx.ModelProto | None,
+        externals: dict[str, Any],
+        options: dict[str, Any],
+        rates: DeviceRates | None,
+        load_seconds: float,
+        calibration_seconds: float,
+    ) -> None:
+        self.ort_session = ort_session
+        self.path = path
+        self.kind = kind
+        self.decisions = decisions
+        self.model = model
+        self._externals = externals  # ORT reads these buffers: keep them alive
+        self.options = options
+        self.rates = rates
+        self.load_seconds = load_seconds
+        self.calibration_seconds = calibration_seconds
+        self.input_names = [i.name for i in ort_session.get_inputs()]
+        self.output_names = [o.name for o in ort_session.get_outputs()]
+        self.input_shapes = {
+            i.name: [d if isinstance(d, int) else None for d in i.shape]
+            for i in ort_session.get_inputs()
+        }
+        self._input_types = {i.name: i.type for i in ort_session.get_inputs()}
+
+    def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
+        names = self.input_names
+        if isinstance(inputs, np.ndarray):
+            if len(names) != 1:
+                raise ValueError(
+                    f"the model has {len(names)} inputs {names}: pass a dict name -> array"
+                )
+            feeds = {names[0]: inputs}
+        elif isinstance(inputs, Mapping):
+            missing = [n for n in names if n not in inputs]
+            unknown = [n for n in inputs if n not in names]
+            if missing or unknown:
+                raise ValueError(
+                    f"inputs must name the model's inputs {names}: missing {missing}, "
+                    f"unknown {unknown}"
+                )
+            feeds = dict(inputs)
+        elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
+            if len(inputs) != len(names):
+                raise ValueError(f"expected {len(names)} inputs {names}, got {len(inputs)}")
+            feeds = dict(zip(names, inputs, strict=True))
+        else:
+            raise TypeError(
+                f"inputs must be a numpy array, a dict name -> array or a list of arrays, "
+                f"got {type(inputs).__name__}"
+            )
+        out = {}
+        for name, value in feeds.items():
+            arr = np.asarray(value)
+            if self._input_types[name] == "tensor(float)" and arr.dtype != np.float32:
+                if not np.issubdtype(arr.dtype, np.number):
+                    raise TypeError(f"input {name!r} must be numeric, got dtype {arr.dtype}")
+                arr = arr.astype(np.float32)
+            want = self.input_shapes[name]
+            shape_ok = arr.ndim == len(want) and all(
+                w is None or w == g for w, g in zip(want, arr.shape, strict=True)
+            )
+            if not shape_ok:
+                shown = ["N" if w is None else w for w in want]
+                raise ValueError(
+                    f"input {name!r} has shape {tuple(arr.shape)}, the model expects {shown} "
+                    "(N: any size)"
+                )
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+    def run(self, inputs: Any, output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run the model; ``inputs``: one array, a dict name -> array, or a list in input order."""
+        feeds = self._feeds(inputs)
+        return self.ort_session.run(list(output_names) if output_names else None, feeds)
+
+    def describe(self) -> str:
+        """A human-readable summary: file kind, options, one line per ADNTN layer."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        lines = [
+            f"adntn_runtime session: {self.path} ({self.kind}); {opts}",
+            f"  inputs {self.input_shapes}, outputs {self.output_names}; load "
+            f"{self.load_seconds * 1e3:.0f} ms "
+            f"(calibration {self.calibration_seconds * 1e3:.0f} ms)",
+        ]
+        if not self.decisions:
+            lines.append("  no ADNTN layers: plain ONNX")
+        for d in self.decisions.values():
+
+            def ms(v: float | None) -> str:
+                return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+            def mb(v: int | None) -> str:
+                return "-" if v is None else f"{v / 2**20:.3g}"
+
+            lines.append(
+                f"  {d.layer or 'layer'}: {d.mode}{' (forced)' if d.forced else ''}; "
+                f"predicted {ms(d.predicted_ms)} ms / {mb(d.predicted_memory_bytes)} MB, "
+                f"measured {ms(d.measured_ms)} ms / {mb(d.measured_memory_bytes)} MB"
+                + (f"; einsum={d.einsum}" if d.einsum is not None else "")
+            )
+            lines.append(f"      {d.reason}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        modes = {k or "layer": d.mode for k, d in self.decisions.items()}
+        return f"Session({str(self.path)!r}, kind={self.kind!r}, modes={modes})"
+
+
+def _check_args(
+    memory_budget_mb: object,
+    latency_target_ms: object,
+    batch: object,
+    threads: object,
+    einsum: object,
+) -> None:
+    if memory_budget_mb is not None and (
+        isinstance(memory_budget_mb, bool)
+        or not isinstance(memory_budget_mb, int | float)
+        or not memory_budget_mb >= 0
+        or math.isinf(memory_budget_mb)
+    ):
+        raise ValueError(
+            f"memory_budget_mb must be a finite number >= 0 (megabytes) or None, got "
+            f"{memory_budget_mb!r}"
+        )
+    if latency_target_ms is not None and (
+        isinstance(latency_target_ms, bool)
+        or not isinstance(latency_target_ms, int | float)
+        or not latency_target_ms > 0
+    ):
+        raise ValueError(
+            f"latency_target_ms must be a number > 0 (milliseconds) or None, got "
+            f"{latency_target_ms!r}"
+        )
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be an int >= 1 or None (ORT default), got {threads!r}")
+    if einsum is not None and not isinstance(einsum, bool):
+        raise ValueError(f"einsum must be True, False or None (pick per layer), got {einsum!r}")
+
+
+def _read_model(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"model path {str(path)!r} is not a file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ValueError(
+            f"{str(path)!r} is not a valid ONNX model file ({type(exc).__name__}: {exc})"
+        ) from None
+    if not model.HasField("graph") or not model.graph.output:
+        raise ValueError(
+            f"{str(path)!r} is not a valid ONNX model file (no graph outputs: corrupt or not ONNX)"
+        )
+    return model
+
+
+def _layer_input_shape(model: onnx.ModelProto, value: str, batch: int) -> list[int] | None:
+    for vi in [*model.graph.value_info, *model.graph.input]:
+        if vi.name == value and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            if shape and shape[0] is None:
+                shape[0] = batch
+            if any(d is None for d in shape):
+                return None
+            return shape
+    return None
+
+
+def _session_options(threads: int | None, no_folding: bool, optimized_path: str | None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if no_folding:
+        so.add_session_config_entry(*_FOLDING_OFF)
+    if optimized_path:
+        so.optimized_model_filepath = str(optimized_path)
+    so.log_severity_level = 3
+    return so
+
+
+def _make_ort_session(model_bytes_or_path: Any, so: Any, path: Path) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ValueError(
+            f"onnxruntime cannot load {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _measure_layer(
+    spec: LayerSpec,
+    mode: str,
+    shape: list[int],
+    threads: int,
+    *,
+    einsum: bool,
+    tile_rows: int | None,
+) -> dict[str, float]:
+    """Milliseconds per call (median) and resident-set growth of the layer alone in ``mode``."""
+    import onnxruntime as ort
+
+    from adntn_runtime.calibration import time_call, vm_rss_bytes
+
+    before = vm_rss_bytes()
+    m = lowering.layer_model(
+        spec, "auto", input_shape=[d if d else "batch" for d in shape], opset=18
+    )
+    lowered, externals, no_fold = lower_for_runtime(
+        m, {spec.name: mode}, einsum=einsum, batch_hint=shape[0], tile_rows=tile_rows
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if no_fold:
+        so.add_session_config_entry(*_FOLDING_OFF)
+    if externals:
+        so.add_external_initializers(
+            list(externals), [ort.OrtValue.ortvalue_from_numpy(a) for a in externals.values()]
+        )
+    sess = ort.InferenceSession(lowered.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    sess.run(None, {"input": x})
+    grown = max(vm_rss_bytes() - before, 0)
+    ms = time_call(lambda: sess.run(None, {"input": x}), warmup=1, max_seconds=0.25)
+    return {"ms": ms, "rss_bytes": grown}
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    memory_budget_mb: float | None = None,
+    latency_target_ms: float | None = None,
+    batch: int = 1,
+    threads: int | None = None,
+    calibrate: bool = True,
+    einsum: bool | None = None,
+    modes: str | Mapping[str, str] | None = None,
+    tile_rows: int | None = None,
+    optimized_model_path: str | os.PathLike[str] | None = None,
+) -> Session:
+    """Load an ONNX file and pick each ADNTN layer's mode; returns a :class:`Session`.
+
+    Args:
+        path: an ``.onnx`` file: exported with ``mode="auto"`` (the policy lowers each layer),
+            in a fixed mode (run as is, mode reported as forced), or plain ONNX.
+        memory_budget_mb: megabytes (MiB) the ADNTN layers may hold in total; None: no limit.
+        latency_target_ms: total milliseconds per call of the ADNTN layers that is good
+            enough; among choices meeting it the least memory wins. None: fastest.
+        batch: the batch size to optimise for (any batch runs).
+        threads: ORT intra-op threads (None: ORT's default).
+        calibrate: measure the device and each candidate mode of each layer (cached per
+            device and model under ``$ADNTN_CACHE_DIR/calibration``); False: predictions
+            from default rates only.
+        einsum: ``Einsum`` nodes (True) or the Transpose/Reshape/MatMul form (False) for
+            fused/regenerate layers; None: for fused layers measure both and keep the faster
+            (Einsum without calibration).
+        modes: force one mode for every layer, or layer -> mode (reported as forced).
+        tile_rows: rows per regenerate tile (default: the plan's, about 1/64 of the rows).
+        optimized_model_path: ask ORT to write its optimized graph there (for inspection).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a corrupt file, bad arguments, an impossible budget
+            (:class:`~adntn_runtime.policy.BudgetError` names the smallest that fits).
+    """
+    import onnxruntime as ort
+
+    t_start = time.perf_counter()
+    _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum)
+    path = Path(path)
+    model = _read_model(path)
+    options = {
+        "batch": batch,
+        "threads": threads,
+        "memory_budget_mb": memory_budget_mb,
+        "latency_target_ms": latency_target_ms,
+        "calibrate": calibrate,
+        "einsum": einsum,
+        "tile_rows": tile_rows,
+    }
+    layers = lowering.placeholder_layers(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if not layers:
+        del model  # free the parsed proto (it may hold a dense weight) before ORT loads
+        return _load_fixed(path, meta, options, threads, optimized_model_path, t_start)
+
+    if modes is not None and isinstance(modes, str) and modes not in MODES:
+        raise ValueError(f"unknown mode {modes!r}; valid modes: {list(MODES)}")
+    forced = dict.fromkeys(layers, modes) if isinstance(modes, str) else dict(modes or {})
+    for name, m in forced.items():
+        if name not in layers:
+            raise ValueError(f"modes names unknown layer {name!r}; the model's layers: {layers}")
+        if m not in MODES:
+            raise ValueError(f"layer {name!r}: unknown mode {m!r}; valid modes: {list(MODES)}")
+
+    lowering.register_schemas()
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    specs: dict[str, tuple[LayerSpec, onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.domain == ADNTN_DOMAIN and node.op_type in ("ADNTNLinear", "ADNTNConv2d"):
+            arrays = {n: numpy_helper.to_array(inits[n]) for n in node.input[1:] if n in inits}
+            spec = lowering.spec_from_node(node, arrays)
+            specs[spec.name] = (spec, node)
+
+    threads_eff = threads or os.cpu_count() or 1
+    t_cal = time.perf_counter()
+    rates: DeviceRates = DEFAULT_RATES
+    cache = None
+    free = [n for n in specs if n not in forced]
+    if calibrate and free:
+        from adntn_runtime.calibration import CalibrationCache, measure_device_rates, sha256_file
+
+        cache = CalibrationCache(sha256_file(path))
+        cached = cache.rates(threads_eff)
+        if cached is None:
+            cached = measure_device_rates(threads_eff)
+            cache.set_rates(threads_eff, cached)
+        rates = cached
+
+    budget = math.inf if memory_budget_mb is None else memory_budget_mb * 2**20
+    candidates: dict[str, list[Candidate]] = {}
+    measured_rss: dict[tuple[str, str], int] = {}
+    einsum_pick: dict[str, bool] = {}
+    shapes: dict[str, list[int] | None] = {}
+
+    def measure(name: str, c: Candidate) -> Candidate:
+        """``c`` with its measured latency (cached per device and model)."""
+        assert cache is not None
+        spec = specs[name][0]
+        shape = shapes[name]
+        assert shape is not None
+        forms = [True, False] if (einsum is None and c.mode == "fused") else [einsum is not False]
+        best = None
+        for form in forms:
+            key = f"{name}|{c.mode}|einsum={int(form)}|b{batch}|t{threads_eff}|tile={tile_rows}"
+            got = cache.layer(key)
+            if got is None:
+                got = _measure_layer(
+                    spec, c.mode, shape, threads_eff, einsum=form, tile_rows=tile_rows
+                )
+                cache.set_layer(key, got)
+            if best is None or got["ms"] < best[1]["ms"]:
+                best = (form, got)
+        assert best is not None
+        if c.mode == "fused":
+            einsum_pick[name] = best[0]
+        measured_rss[(name, c.mode)] = int(best[1]["rss_bytes"])
+        return Candidate(c.mode, c.predicted_ms, c.memory_bytes, best[1]["ms"])
+
+    for name in free:
+        spec, node = specs[name]
+        cands = layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows)
+        if cache is not None:
+            shape = _layer_input_shape(model, node.input[0], batch)
+            if shape is None and spec.kind == "linear" and spec.input_rank == 2:
+                shape = [batch, spec.plan.in_features]
+            shapes[name] = shape
+            fits = [c for c in cands if c.memory_bytes <= budget]
+            best_pred = min((c.predicted_ms for c in fits), default=math.inf)
+            new = []
+            for c in cands:
+                skip = None
+                if shape is None:
+                    skip = "input shape unknown"
+                elif c.memory_bytes > budget:
+                    skip = "over the memory budget"
+                elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
+                    skip = f"predicted > {_MEASURE_RATIO:g}x the best"
+                if skip:
+                    new.append(Candidate(c.mode, c.predicted_ms, c.memory_bytes, None, skip))
+                else:
+                    new.append(measure(name, c))
+            cands = new
+        candidates[name] = cands
+
+    def choose() -> dict[str, LayerChoice]:
+        if not candidates:
+            return {}
+        return choose_modes(
+            candidates, memory_budget_mb=memory_budget_mb, latency_target_ms=latency_target_ms
+        )
+
+    choices = choose()
+    if cache is not None:
+        # A pick resting on a prediction alone gets measured, then the policy runs again.
+        for _ in range(3):
+            todo = [
+                (n, ch.candidate)
+                for n, ch in choices.items()
+                if ch.candidate.measured_ms is None and shapes.get(n) is not None
+            ]
+            if not todo:
+                break
+            for n, cand in todo:
+                candidates[n] = [measure(n, c) if c is cand else c for c in candidates[n]]
+            choices = choose()
+        cache.save()
+    calibration_seconds = time.perf_counter() - t_cal if cache is not None else 0.0
+
+    decisions: dict[str, LayerDecision] = {}
+    final_modes: dict[str, str] = {}
+    einsum_flags: dict[str, bool] = {}
+    for name in specs:
+        spec = specs[name][0]
+        default_form = True if einsum is None else einsum
+        if name in forced:
+            mode = forced[name]
+            cands = {
+                c.mode: c for c in layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows)
+            }
+            c = cands.get(mode)
+            decisions[name] = LayerDecision(
+                name,
+                mode,
+                True,
+                f"{mode}: forced by the caller (modes={modes!r})",
+                predicted_ms=c.predicted_ms if c else None,
+                predicted_memory_bytes=c.memory_bytes if c else None,
+                einsum=default_form if mode != "materialize" else None,
+                tile_rows=tile_rows,
+            )
+            final_modes[name] = mode
+            einsum_flags[name] = default_form
+            continue
+        ch = choices[name]
+        form = einsum_pick.get(name, default_form) if ch.mode == "fused" else default_form
+        decisions[name] = LayerDecision(
+            name,
+            ch.mode,
+            False,
+            ch.reason,
+            predicted_ms=ch.candidate.predicted_ms,
+            measured_ms=ch.candidate.measured_ms,
+            predicted_memory_bytes=ch.candidate.memory_bytes,
+            measured_memory_bytes=measured_rss.get((name, ch.mode)),
+            einsum=form if ch.mode != "materialize" else None,
+            tile_rows=tile_rows if ch.mode == "regenerate" else None,
+            alternatives=[
+                {
+                    "mode": a.mode,
+                    "predicted_ms": a.predicted_ms,
+                    "measured_ms": a.measured_ms,
+                    "memory_bytes": a.memory_bytes,
+                    "note": a.note,
+                }
+                for a in ch.alternatives
+            ],
+        )
+        final_modes[name] = ch.mode
+        einsum_flags[name] = form
+
+    lowered, externals, no_fold = lower_for_runtime(
+        model, final_modes, einsum=einsum_flags, batch_hint=batch, tile_rows=tile_rows
+    )
+    del model
+    so = _session_options(threads, no_fold, optimized_model_path)
+    ort_values = {}
+    if externals:
+        ort_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in externals.items()}
+        so.add_external_initializers(list(ort_values), list(ort_values.values()))
+    sess = _make_ort_session(lowered.SerializeToString(), so, path)
+    options["constant_folding"] = not no_fold
+    return Session(
+        sess,
+        path=path,
+        kind="auto",
+        decisions=decisions,
+        model=lowered,
+        externals={"arrays": externals, "ort": ort_values},
+        options=options,
+        rates=rates,
+        load_seconds=time.perf_counter() - t_start,
+        calibration_seconds=calibration_seconds,
+    )
+
+
+def _load_fixed(
+    path: Path,
+    meta: Mapping[str, str],
+    options: dict[str, Any],
+    threads: int | None,
+    optimized_path: Any,
+    t_start: float,
+) -> Session:
+    decisions: dict[str, LayerDecision] = {}
+    for key, value in meta.items():
+        if not key.startswith("adntn.layer."):
+            continue
+        try:
+            info = json.loads(value)
+        except ValueError:
+            continue
+        mode = str(info.get("mode", "unknown"))
+        layer = key[len("adntn.layer.") :]
+        decisions[layer] = LayerDecision(
+            layer,
+            mode,
+            True,
+            f"{mode}: forced (the file was exported in fixed mode {mode!r})",
+            einsum=info.get("einsum"),
+        )
+    no_fold = "ConstantFolding" in meta.get(lowering.SESSION_OPTIONS_KEY, "")
+    so = _session_options(threads, no_fold, optimized_path)
+    sess = _make_ort_session(str(path), so, path)
+    options["constant_folding"] = not no_fold
+    return Session(
+        sess,
+        path=path,
+        kind="fixed" if decisions else "plain",
+        decisions=decisions,
+        model=None,
+        externals={},
+        options=options,
+        rates=None,
+        load_seconds=time.perf_counter() - t_start,
+        calibration_seconds=0.0,
+    )

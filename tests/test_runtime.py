@@ -1,0 +1,395 @@
+"""adntn_runtime: load + policy + calibration cache + bench, torch-free on the device side."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from adntn_export import ADNTNLinear
+from adntn_export.onnx_export import export_onnx
+from adntn_runtime import BudgetError, load
+from adntn_runtime.bench import SCHEMA, bench_model, validate_result
+from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.policy import (
+    DEFAULT_RATES,
+    Candidate,
+    choose_modes,
+    layer_candidates,
+    layer_memory_bytes,
+    predict_latency_ms,
+)
+from adntn_runtime.reference import generate_weight
+from adntn_runtime.session import generate_weight_fast
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "adntn-cache"))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        ADNTNLinear(256, 128, network="ttn", bond_dim=4),
+        nn.ReLU(),
+        ADNTNLinear(128, 64, network="mera", bond_dim=3, final_activation="tanh"),
+        nn.ReLU(),
+        ADNTNLinear(64, 32, network="attn", bond_dim=3, bias="none"),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(torch model, input, auto file, fused file) exported once for the module."""
+    model = _model()
+    x = torch.randn(5, 256)
+    d = tmp_path_factory.mktemp("runtime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = export_onnx(model, x, d / "auto.onnx", mode="auto")
+        fixed = export_onnx(
+            model, x, d / "fixed.onnx", mode={"0": "fused", "2": "regenerate", "4": "materialize"}
+        )
+    with torch.no_grad():
+        ref = model(x).numpy()
+    return model, x.numpy(), ref, auto, fixed
+
+
+def _rel(y, ref) -> float:
+    return float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+# ---------------------------------------------------------------------------- torch-free
+def test_runtime_never_imports_torch(exported, tmp_path):
+    _, x, ref, auto, _ = exported
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is forbidden in adntn_runtime")
+                return None
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        import adntn_runtime
+        s = adntn_runtime.load({str(auto)!r}, threads=1, memory_budget_mb=64)
+        y = s.run(np.load({str(tmp_path / "x.npy")!r}))[0]
+        np.save({str(tmp_path / "y.npy")!r}, y)
+        import adntn_runtime.bench, adntn_runtime.policy, adntn_runtime.calibration
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print("modes", {{k: d.mode for k, d in s.decisions.items()}})
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtimes")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "modes" in proc.stdout
+    assert _rel(np.load(tmp_path / "y.npy"), ref) < TOL
+
+
+# ---------------------------------------------------------------------------- policy
+def _cands(mat_ms, fused_ms, regen_ms, mat_mb=64.0, fused_mb=0.3, regen_mb=1.0):
+    mb = 2**20
+    return [
+        Candidate("materialize", mat_ms, int(mat_mb * mb)),
+        Candidate("fused", fused_ms, int(fused_mb * mb)),
+        Candidate("regenerate", regen_ms, int(regen_mb * mb)),
+    ]
+
+
+def test_policy_tight_budget_picks_regenerate():
+    cands = {"fc": [c for c in _cands(1.4, 0.14, 15.0) if c.mode != "fused"]}
+    got = choose_modes(cands, memory_budget_mb=2)
+    assert got["fc"].mode == "regenerate"
+    assert "over the budget" in got["fc"].reason
+
+
+def test_policy_loose_budget_fastest_and_latency_target_least_memory():
+    cands = {"fc6": _cands(1.4, 0.14, 15.0), "fc7": _cands(0.5, 0.9, 9.0, mat_mb=16)}
+    fast = choose_modes(cands, memory_budget_mb=1000)
+    assert fast["fc6"].mode == "fused" and fast["fc7"].mode == "materialize"
+    # a 5 ms target is met by fused+fused (1.04 ms, 0.6 MB): least memory wins over speed
+    target = choose_modes(cands, latency_target_ms=5.0)
+    assert {k: v.mode for k, v in target.items()} == {"fc6": "fused", "fc7": "fused"}
+    assert "target" in target["fc7"].reason
+    # an unreachable target: fastest, and the reason says so
+    missed = choose_modes(cands, latency_target_ms=0.01)
+    assert missed["fc7"].mode == "materialize" and "cannot be met" in missed["fc7"].reason
+
+
+def test_policy_budget_shared_between_layers():
+    cands = {
+        "a": _cands(1.0, 3.0, 20.0, mat_mb=10, fused_mb=1),
+        "b": _cands(1.0, 3.0, 20.0, mat_mb=10, fused_mb=1),
+    }
+    got = choose_modes(cands, memory_budget_mb=12)
+    assert sorted(v.mode for v in got.values()) == ["fused", "materialize"]
+
+
+def test_policy_impossible_budget_names_smallest():
+    cands = {"fc": _cands(1.4, 0.14, 15.0, fused_mb=0.5, regen_mb=0.25)}
+    with pytest.raises(BudgetError, match=r"smallest budget that fits is 0\.25 MB") as info:
+        choose_modes(cands, memory_budget_mb=0.1)
+    assert info.value.min_budget_mb == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="memory_budget_mb must be"):
+        choose_modes(cands, memory_budget_mb=-1)
+
+
+def test_policy_measured_beats_predicted():
+    cands = {
+        "fc": [
+            Candidate("materialize", 1.0, 100, measured_ms=3.0),
+            Candidate("fused", 2.0, 10, measured_ms=0.5),
+        ]
+    }
+    assert choose_modes(cands)["fc"].mode == "fused"
+
+
+def test_cost_model_from_plan():
+    plan = ADNTNPlan(4096, 4096, network="ttn", bond_dim=4)
+    assert layer_memory_bytes(plan, "materialize") == 4096 * 4096 * 4
+    regen = layer_memory_bytes(plan, "regenerate")
+    fused = layer_memory_bytes(plan, "fused")
+    assert regen <= 0.05 * 4096 * 4096 * 4 and fused < regen
+    cands = {c.mode: c for c in layer_candidates(plan, 1, DEFAULT_RATES)}
+    assert set(cands) == {"materialize", "fused", "regenerate"}
+    assert cands["fused"].predicted_ms < cands["materialize"].predicted_ms
+    assert predict_latency_ms(plan, "fused", 32, DEFAULT_RATES) > cands["fused"].predicted_ms
+    nonlinear = ADNTNPlan(64, 64, network="ttn", bond_dim=2, final_activation="tanh")
+    assert "fused" not in {c.mode for c in layer_candidates(nonlinear, 1, DEFAULT_RATES)}
+    with pytest.raises(ValueError, match="valid modes"):
+        layer_memory_bytes(plan, "dense")
+
+
+def test_fast_weight_matches_reference():
+    for network in ("ttn", "attn", "mera"):
+        plan = ADNTNPlan(100, 90, network=network, bond_dim=3)
+        rng = np.random.default_rng(1)
+        cores = {k: rng.standard_normal(c.shape).astype(np.float32) for k, c in plan.cores.items()}
+        ref = generate_weight(plan, cores)
+        assert _rel(generate_weight_fast(plan, cores), ref) < 1e-5
+
+
+# ---------------------------------------------------------------------------- load + run
+@pytest.mark.parametrize(
+    "modes",
+    [
+        "materialize",
+        "regenerate",
+        {"0": "fused", "2": "materialize", "4": "fused"},
+        {"0": "regenerate", "2": "materialize", "4": "fused"},
+    ],
+)
+def test_every_forced_mode_matches_torch(exported, modes):
+    _, x, ref, auto, _ = exported
+    s = load(auto, modes=modes, threads=1, calibrate=False)
+    assert all(d.forced for d in s.decisions.values())
+    assert _rel(s.run(x)[0], ref) < TOL
+    assert _rel(s.run({"input": x[:1]})[0], ref[:1]) < TOL
+
+
+def test_fused_needs_linear_top(exported):
+    _, _, _, auto, _ = exported
+    with pytest.raises(ValueError, match="linear top step"):
+        load(auto, modes="fused", calibrate=False)
+
+
+def test_policy_choices_match_torch_and_cache(exported):
+    _, x, ref, auto, _ = exported
+    s = load(auto, threads=1, batch=1)
+    assert set(s.decisions) == {"0", "2", "4"}
+    for d in s.decisions.values():
+        assert d.mode in ("fused", "materialize", "regenerate") and not d.forced
+        assert d.reason and d.predicted_ms is not None and d.measured_ms is not None
+        assert d.predicted_memory_bytes is not None
+    assert s.decisions["2"].mode != "fused"
+    assert _rel(s.run(x)[0], ref) < TOL
+    files = list((Path(os.environ["ADNTN_CACHE_DIR"]) / "calibration").glob("*.json"))
+    assert files
+    data = json.loads(files[0].read_text())
+    assert {"cpu", "onnxruntime", "model_sha256", "rates", "layers"} <= set(data)
+    again = load(auto, threads=1, batch=1)  # cached: no measuring
+    assert again.calibration_seconds < max(0.5, s.calibration_seconds)
+    assert {k: d.mode for k, d in again.decisions.items()} == {
+        k: d.mode for k, d in s.decisions.items()
+    }
+    assert "predicted" in s.describe()
+
+
+def test_budget_drives_the_choice(exported):
+    _, x, ref, auto, _ = exported
+    tight = load(auto, threads=1, memory_budget_mb=0.05)
+    assert tight.decisions["0"].mode in ("fused", "regenerate")
+    assert tight.decisions["0"].mode != "materialize"
+    assert _rel(tight.run(x)[0], ref) < TOL
+    with pytest.raises(BudgetError, match=r"smallest budget that fits is [0-9.]+ MB"):
+        load(auto, threads=1, memory_budget_mb=0.001)
+
+
+def test_regenerate_keeps_einsum_nodes(exported, tmp_path):
+    _, x, ref, auto, _ = exported
+    opt = tmp_path / "optimized.onnx"
+    s = load(
+        auto,
+        modes={"0": "regenerate", "2": "materialize", "4": "fused"},
+        threads=1,
+        calibrate=False,
+        optimized_model_path=opt,
+    )
+    assert s.options["constant_folding"] is False
+    assert _rel(s.run(x)[0], ref) < TOL
+    m = onnx.load(str(opt), load_external_data=False)
+    ops = [n for n in m.graph.node if n.name.startswith("0/")]
+    assert sum(n.op_type == "Einsum" for n in ops) >= 8, [n.op_type for n in ops]
+    # no folded weight (or tile) of layer 0 in the optimized graph: only cores-sized tensors
+    big = [
+        t.name
+        for t in m.graph.initializer
+        if t.name.startswith("0/") and math.prod(t.dims) >= 128 * 256 // 8
+    ]
+    assert not big, big
+
+
+def test_fixed_mode_file_reports_forced(exported):
+    _, x, ref, _, fixed = exported
+    s = load(fixed, threads=1)
+    assert s.kind == "fixed"
+    assert {k: d.mode for k, d in s.decisions.items()} == {
+        "0": "fused",
+        "2": "regenerate",
+        "4": "materialize",
+    }
+    assert all(d.forced for d in s.decisions.values())
+    assert s.options["constant_folding"] is False  # the file has a regenerate layer
+    assert _rel(s.run(x)[0], ref) < TOL
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def _plain(path: Path) -> Path:
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(path))
+    return path
+
+
+def test_plain_onnx_loads_without_decisions(tmp_path):
+    s = load(_plain(tmp_path / "plain.onnx"))
+    assert s.kind == "plain" and s.decisions == {}
+    y = s.run(np.ones((2, 3), np.float32))[0]
+    assert np.allclose(y, np.ones((2, 3)) @ np.arange(12).reshape(3, 4))
+    assert "plain ONNX" in s.describe()
+
+
+def test_bad_inputs(exported, tmp_path):
+    _, x, _, auto, _ = exported
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00\xffnot an onnx model at all" * 10)
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        load(corrupt)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(Path(auto).read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        load(truncated)
+    for bad in (-1, float("nan"), "10"):
+        with pytest.raises(ValueError, match="memory_budget_mb must be"):
+            load(auto, memory_budget_mb=bad)
+    with pytest.raises(ValueError, match="latency_target_ms must be"):
+        load(auto, latency_target_ms=0)
+    with pytest.raises(ValueError, match="batch must be"):
+        load(auto, batch=0)
+    with pytest.raises(ValueError, match="threads must be"):
+        load(auto, threads=0)
+    with pytest.raises(ValueError, match=r"unknown mode 'dense'; valid modes"):
+        load(auto, modes="dense")
+    s = load(auto, modes="materialize", calibrate=False)
+    with pytest.raises(ValueError, match=r"shape \(5, 255\), the model expects \['N', 256\]"):
+        s.run(x[:, :255])
+    with pytest.raises(ValueError, match="missing"):
+        s.run({"inp": x})
+
+
+# ---------------------------------------------------------------------------- bench
+def test_bench_json_schema(exported, tmp_path):
+    _, _, _, auto, _ = exported
+    data = bench_model(
+        auto,
+        batches=[1],
+        threads=1,
+        modes=["fused", "materialize", "auto"],
+        warmup=1,
+        runs=5,
+        max_seconds=1.0,
+    )
+    validate_result(data)
+    assert data["schema"] == SCHEMA
+    configs = {r["config"] for r in data["results"]}
+    assert configs == {"fused", "materialize", "auto", "dense"}
+    assert all(r["ok"] for r in data["results"]), data["results"]
+    fused = next(r for r in data["results"] if r["config"] == "fused")
+    assert fused["layers"] == {"0": "fused", "2": "materialize", "4": "fused"}
+    assert {r["config"] for r in data["ratios"]} == {"fused", "materialize", "auto"}
+    json.dumps(data)  # JSON-ready
+    broken = json.loads(json.dumps(data))
+    del broken["results"][0]["latency_ms"]["p90"]
+    with pytest.raises(ValueError, match=r"results\[0\]\.latency_ms: missing key 'p90'"):
+        validate_result(broken)
+
+
+def test_bench_cli(exported, tmp_path):
+    from adntn_export.cli import main
+
+    _, _, _, auto, _ = exported
+    out = tmp_path / "b.json"
+    rc = main(
+        [
+            "bench",
+            str(auto),
+            "--batch",
+            "1",
+            "--threads",
+            "1",
+            "--modes",
+            "fused",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    validate_result(json.loads(out.read_text()))
+    assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
