@@ -6,13 +6,12 @@ them (ONNX, TVM). The framework-free plan (:class:`ADNTNPlan`) lives in
 :mod:`adntn_runtime.plan` so that the device runtime can use it without torch.
 """
 
-from adntn_runtime.activations import ACTIVATIONS
-from adntn_runtime.plan import MODES, NETWORKS, ADNTNPlan
-
 from adntn_export.fitting import FitResult, fit_layer
 from adntn_export.generator import WeightGenerator
 from adntn_export.layers import BIAS_KINDS, ADNTNConv2d, ADNTNLayer, ADNTNLinear
 from adntn_export.report import CompressionReport, LayerReport, compression_report
+from adntn_runtime.activations import ACTIVATIONS
+from adntn_runtime.plan import MODES, NETWORKS, ADNTNPlan
 
 __version__ = "0.1.0"
 

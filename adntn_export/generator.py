@@ -15,14 +15,15 @@ changes (in-place optimiser updates, ``load_state_dict``, ``.to()``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 import torch
-from adntn_runtime.plan import ADNTNPlan
-from adntn_runtime.schedule import Contract, Schedule, Tile
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.schedule import Contract, Schedule, Step, Tile
 
 __all__ = ["ACTIVATION_FUNCTIONS", "WeightGenerator", "run_schedule"]
 
@@ -37,17 +38,23 @@ ACTIVATION_FUNCTIONS = {
 }
 
 
-def run_schedule(schedule: Schedule, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Execute a schedule with ``torch.einsum``, one two-operand step at a time."""
-    env = dict(values)
-    for step in schedule.steps:
-        if step.output in env:  # a cached constant (fused mode)
+def _execute(steps: Iterable[Step], env: dict[str, torch.Tensor]) -> None:
+    """Run steps in order, adding each output to ``env``; outputs already there are kept
+    (cached constants of the fused mode)."""
+    for step in steps:
+        if step.output in env:
             continue
         if isinstance(step, Contract):
             a, b = (env[name] for name in step.inputs)
             env[step.output] = torch.einsum(step.equation, a, b)
         else:
             env[step.output] = ACTIVATION_FUNCTIONS[step.activation](env[step.input])
+
+
+def run_schedule(schedule: Schedule, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Execute a schedule with ``torch.einsum``, one two-operand step at a time."""
+    env = dict(values)
+    _execute(schedule.steps, env)
     return env[schedule.output]
 
 
@@ -195,14 +202,7 @@ class WeightGenerator(nn.Module):
                 if s.uses_input
                 for n in (s.inputs if isinstance(s, Contract) else (s.input,))
             }
-            for step in sch.steps:
-                if step.uses_input:
-                    continue
-                if isinstance(step, Contract):
-                    a, b = (env[name] for name in step.inputs)
-                    env[step.output] = torch.einsum(step.equation, a, b)
-                else:
-                    env[step.output] = ACTIVATION_FUNCTIONS[step.activation](env[step.input])
+            _execute((step for step in sch.steps if not step.uses_input), env)
             return {k: v for k, v in env.items() if k in consumed and k not in self.cores}
 
         return self._cached(f"fused:{batch}", compute)

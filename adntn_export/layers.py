@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from adntn_runtime.plan import MODES, ADNTNPlan
 from torch import nn
 
 from adntn_export.fitting import FitResult, fit_layer
 from adntn_export.generator import WeightGenerator
+from adntn_runtime.plan import MODES, ADNTNPlan
 
 __all__ = ["BIAS_KINDS", "ADNTNConv2d", "ADNTNLayer", "ADNTNLinear"]
 
@@ -43,6 +43,13 @@ def _bias_kind(bias: object) -> str:
     raise ValueError(
         f"unknown bias {bias!r}; valid: {list(BIAS_KINDS)} (True = 'dense', False = 'none')"
     )
+
+
+def _check_size(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -276,11 +283,8 @@ class ADNTNLinear(ADNTNLayer):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_size("in_features", in_features)
+        _check_size("out_features", out_features)
         self.in_features = in_features
         self.out_features = out_features
         self._setup(
@@ -403,11 +407,8 @@ class ADNTNConv2d(ADNTNLayer):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_size("in_channels", in_channels)
+        _check_size("out_channels", out_channels)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size")

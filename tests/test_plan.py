@@ -7,12 +7,13 @@ import string
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from adntn_runtime.factorize import balanced_factors, factorize
 from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.reference import apply, generate_weight, run_schedule
 from adntn_runtime.schedule import BATCH, Contract
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NETWORKS = ["ttn", "attn", "mera"]
 
