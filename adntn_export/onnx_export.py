@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from adntn_runtime import onnx_lowering as lowering
-from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
 from torch import nn
 
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
+from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
 
 __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
 

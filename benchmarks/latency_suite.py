@@ -300,16 +300,39 @@ NOTES = """## Notes
   "extra memory" is its peak minus the fused configuration's peak (same session overhead).
 - **Materialize** is built by the runtime in numpy (opt_einsum/BLAS) at load and handed to ORT
   with `add_external_initializers` (no protobuf copy); the node is the same `Gemm(transB=1)`
-  as the dense file, so the two differ only in load path (latency should match).
-- **Regenerate is slow because of ORT's `Einsum`, not the flops** (4096x4096 TTN, 64 tiles,
-  ORT profile, batch 1, 1 thread): `Einsum` nodes take ~161 ms of ~170 ms; the last step of
-  each tile (`abcde,fghie->fgabhicd`, a 64x4096 tile written in a transposed layout) costs
-  ~2.5 ms per tile; the 64 tile GEMMs together ~6 ms. Fewer, larger tiles make it *worse*
-  (tile_rows 512: ~210 ms; 1024: ~259 ms, vs ~116 ms at the default 64 rows), and the
-  MatMul form (`einsum=False`) is about the same (~105 ms). A better tile lowering (not done
-  here: `onnx_lowering.py` is owned elsewhere) would emit the root step as a broadcast
-  `MatMul` that writes the tile directly in row-major (I1, I2, J1, J2) order,
-  `A[I1,1,J1,a] @ B[1,I2,a,J2]`, removing the big transpose; unmeasured.
+  as the dense file. Checked in one process, interleaved (fc7 ttn, 1 thread, 5 rounds):
+  dense 8.93 / materialize 9.04 ms at batch 1, 18.05 / 18.98 ms at batch 32, i.e. equal
+  within the noise. The numpy buffer is only 16-byte aligned, but a 64-byte aligned copy
+  changes nothing (8.77 / 18.69 ms): ORT pre-packs the constant `B` of a `Gemm`, so the
+  kernel never reads the runtime's buffer (`session.disable_prepacking=1` is slower at batch
+  32: 25.3 ms). Earlier gaps of 14-43% were run-to-run noise between subprocesses on this
+  shared 2-core machine. The real cost is memory: ORT keeps the runtime's buffer *and* its
+  packed copy (+1x the weight of peak RSS vs dense).
+- **Regenerate** (fixed): the last step of a tile, e.g. out `(i0,i1,i2,i3,j0,j1,j2,j3)` from
+  `A(i0,i1,j0,j1,a)` and `B(i2,i3,j2,j3,a)`, is lowered as one broadcasting MatMul
+  `A[I01,1,J01,a] @ B[1,I23,a,J23]` (`Contract.as_broadcast_matmul`) that writes the tile
+  row-major, with no output transpose, in both the Einsum and the MatMul lowering; the
+  shared (tile-independent) operand is permuted/reshaped once per call, not per tile. Before
+  (same process, interleaved, fc7, 1 thread): 106 ms ttn / 106 attn / 127 mera at batch 1
+  (dense 9.1); after: 8.1 / 10.1 / 13.5 ms (dense 9.0-9.3). The tile is 64 rows (1 MiB)
+  and stays in cache while the tile GEMM reads it, so regenerate runs about as fast as the
+  memory-bound dense GEMV at batch 1; tile_rows 32/64/128/256 measured, 64 is as fast as
+  any (256 is slower). The tile buffer is 1 MiB, yet the suite's "extra memory" at batch 1
+  (regenerate peak RSS minus fused peak RSS) is 4.7-7.3 MiB (7-11% of the 64 MiB weight;
+  before the change: 6-8 MiB): the regenerate graph has ~10 nodes per tile (~640 in all)
+  and ORT's per-node session state is counted too (not separately measured); at batch 32
+  it is within 5%.
+- The two remaining *policy* misses and the *materialize* misses in the table are
+  subprocess-to-subprocess noise: in both policy rows the policy picked `fused`, the same
+  graph as the `fused` column (e.g. fc7 ttn batch 1: 0.047 vs 0.040 ms).
+- **Fused** (fixed): the runtime lowers the fused schedule for the session's batch
+  (`plan.schedule("fused", batch=B)`, `batch_hint=B`; it already did). The loss was layout:
+  each x-dependent step is now a broadcasting MatMul, and an intermediate is written in the
+  leg order its consumer reads (a backward pass over the schedule picks it), so a call is
+  `Reshape(x) -> MatMul(x[(batch j0 j1),(j2 j3)], G[(j2 j3),(b i2 i3)]) -> MatMul` with x's
+  batch in the GEMM rows and no transpose of a batch-sized tensor; the permuted factors are
+  constants cached at load. fc7 batch 32, before -> after: ttn 8.7 -> 1.07 ms, attn 18.3 ->
+  2.2, mera 57 -> 8.4 (dense 16-19); batch 1: 0.12 -> 0.046, 0.32 -> 0.074, 0.76 -> 0.13.
 - The policy only measures candidates that fit the budget and are predicted within 10x of
   the best; a pick that rests on a prediction alone is then measured and the policy re-run.
 """

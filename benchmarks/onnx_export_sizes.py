@@ -32,10 +32,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from adntn_runtime.onnx_lowering import session_options_for
 
 from adntn_export import ADNTNLinear
 from adntn_export.onnx_export import export_onnx
+from adntn_runtime.onnx_lowering import session_options_for
 
 MODES = ("dense", "fused", "materialize", "regenerate")
 RESULTS = Path(__file__).resolve().parent / "results" / "onnx_export.json"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-import adntn_models as am
 import numpy as np
 import pytest
 import torch
+
+import adntn_models as am
 from adntn_models.datasets import DEFAULT_ROOT, idx_file_names, read_idx, write_idx
 from adntn_models.datasets.make_subset import DEFAULT_OUT, make_subset
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import adntn_models as am
 import pytest
 import torch
+from torch import nn
+
+import adntn_models as am
 from adntn_models.alexnet import FC_LAYERS as ALEXNET_MODULE_FC_LAYERS
 from adntn_models.vgg import FC_LAYERS as VGG_MODULE_FC_LAYERS
-from torch import nn
 
 
 def n_params(module: nn.Module) -> int:

@@ -15,6 +15,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from adntn_export import ADNTNConv2d, ADNTNLinear
+from adntn_export.checkpoint import load_checkpoint, load_model, save_model
+from adntn_export.cli import main as cli_main
+from adntn_export.onnx_export import export_onnx, export_onnx_model, layer_spec
 from adntn_runtime import onnx_lowering as lowering
 from adntn_runtime.onnx_lowering import (
     LayerSpec,
@@ -25,13 +32,6 @@ from adntn_runtime.onnx_lowering import (
 )
 from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.schedule import Contract
-from onnx.reference import ReferenceEvaluator
-from torch import nn
-
-from adntn_export import ADNTNConv2d, ADNTNLinear
-from adntn_export.checkpoint import load_checkpoint, load_model, save_model
-from adntn_export.cli import main as cli_main
-from adntn_export.onnx_export import export_onnx, export_onnx_model, layer_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import make_golden  # noqa: E402
@@ -335,3 +335,81 @@ def test_layer_spec_matches_layer():
     with torch.no_grad():
         assert _rel(spec.dense_weight(), layer.dense_weight().numpy()) <= TOL
         assert _rel(spec.dense_bias(), layer.get_bias().numpy()) <= TOL
+
+
+# ---------------------------------------------------------------- broadcast MatMul form
+def _random_spec(m: int, n: int, network: str, **kw) -> LayerSpec:
+    plan = ADNTNPlan(m, n, network=network, **kw)
+    rng = np.random.default_rng(0)
+    cores = {
+        k: (rng.standard_normal(c.shape) / np.sqrt(max(c.shape[-1], 1))).astype(np.float32)
+        for k, c in plan.cores.items()
+    }
+    bias = rng.standard_normal(m).astype(np.float32)
+    return LayerSpec("fc", "linear", plan, cores, bias_kind="dense", bias=bias)
+
+
+def _group_sizes(groups, dims) -> list[int]:
+    return [int(np.prod([dims[x] for x in g])) for g in groups]
+
+
+@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+def test_broadcast_matmul_form_matches_einsum(network):
+    from adntn_runtime.schedule import BATCH
+
+    plan = ADNTNPlan(256, 256, network=network, num_sites=4, bond_dim=3)
+    rng = np.random.default_rng(0)
+    for mode, batch in (("materialize", 1), ("fused", 3)):
+        sch = plan.schedule(mode, batch=batch)
+        dims = {**sch.dims, BATCH: batch}
+        for step in sch.contractions:
+            a, b = (rng.standard_normal([dims[x] for x in legs]) for legs in step.in_legs)
+            ref = np.einsum(step.equation, a, b)
+            orders = [step.out_legs, tuple(reversed(step.out_legs))]
+            for out in orders:
+                f = step.as_broadcast_matmul(sch.dims, batch, out_legs=out)
+                first, second = (b, a) if f.swap else (a, b)
+                fm = first.transpose(f.perm_first).reshape(_group_sizes(f.first_dims, dims))
+                sm = second.transpose(f.perm_second).reshape(_group_sizes(f.second_dims, dims))
+                got = (fm @ sm).reshape([dims[x] for x in out])
+                want = np.transpose(ref, [step.out_legs.index(x) for x in out])
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+                assert [x for g in f.out_dims for x in g] == list(out)
+
+
+def test_broadcast_matmul_form_of_a_regenerate_tile():
+    """The last step of a tile is ``A[I_A,1,J_A,a] @ B[1,I_B,a,J_B]``: no output transpose."""
+    plan = ADNTNPlan(4096, 4096, network="ttn", bond_dim=4)
+    sch = plan.schedule("regenerate")
+    dims = sch.tiles[0].dims(sch.dims, sch.row_legs)
+    step = sch.contractions[-1]
+    f = step.as_broadcast_matmul(dims)
+    assert f.prefix == ("i0", "i1", "i2", "i3") and f.calls(dims) == 64
+    assert f.rows == ("j0", "j1") and f.cols == ("j2", "j3") and f.inner == ("b_node1_1",)
+    assert f.first_dims == (("i0", "i1"), (), ("j0", "j1"), ("b_node1_1",))
+    assert f.second_dims == ((), ("i2", "i3"), ("b_node1_1",), ("j2", "j3"))
+
+
+@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("einsum", [True, False])
+@pytest.mark.parametrize("mode,batch", [("regenerate", 2), ("fused", 5), ("fused", 1)])
+def test_broadcast_lowering_matches_reference(network, einsum, mode, batch):
+    """Layers big enough for the broadcast MatMul / re-laid-out intermediates stay exact."""
+    spec = _random_spec(1024, 1024, network, bond_dim=3)
+    model = layer_model(
+        spec, mode, input_shape=("batch", 1024), einsum=einsum, batch_hint=batch, opset=18
+    )
+    ops = [n.op_type for n in model.graph.node]
+    assert "MatMul" in ops  # the big steps use the broadcast MatMul form
+    if mode == "regenerate":
+        # no tile writes its weight through a Transpose
+        tile_out = {n.input[0] for n in model.graph.node if n.name.endswith("/weight")}
+        assert not any(
+            n.op_type == "Transpose" and n.output[0] in tile_out for n in model.graph.node
+        )
+    x = np.random.default_rng(1).standard_normal((batch, 1024)).astype(np.float32)
+    ref = x @ spec.dense_weight().T + spec.bias
+    assert _rel(_ort(model, x), ref) < 1e-4
+    # any batch runs, not only the one the lowering was laid out for
+    x7 = np.random.default_rng(2).standard_normal((7, 1024)).astype(np.float32)
+    assert _rel(_ort(model, x7), x7 @ spec.dense_weight().T + spec.bias) < 1e-4

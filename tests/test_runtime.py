@@ -393,3 +393,58 @@ def test_bench_cli(exported, tmp_path):
     assert rc == 0
     validate_result(json.loads(out.read_text()))
     assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
+
+
+@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
+    """After the x-independent factors are cached, a call is Reshape + MatMul only: the
+    intermediate is written in the order the last step reads it, and x's batch rides in the
+    GEMM rows (no transpose of a batch-sized tensor)."""
+    import onnxruntime as ort
+
+    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
+    from adntn_runtime.session import lower_for_runtime
+
+    plan = ADNTNPlan(1024, 1024, network=network, bond_dim=3)
+    rng = np.random.default_rng(0)
+    cores = {
+        k: (rng.standard_normal(c.shape) / np.sqrt(c.shape[-1])).astype(np.float32)
+        for k, c in plan.cores.items()
+    }
+    spec = LayerSpec("fc", "linear", plan, cores)
+    auto = layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
+    lowered, _, _ = lower_for_runtime(auto, {"fc": "fused"}, batch_hint=batch)
+    ops = [n.op_type for n in lowered.graph.node]
+    assert ops.count("MatMul") == 2 and not {"Transpose", "Einsum"} & set(ops), ops
+    sess = ort.InferenceSession(lowered.SerializeToString(), providers=["CPUExecutionProvider"])
+    for b in (batch, 3):
+        x = rng.standard_normal((b, 1024)).astype(np.float32)
+        y = sess.run(None, {"input": x})[0]
+        assert _rel(y, x @ generate_weight(plan, cores).T) < 1e-4
+
+
+def test_regenerate_runtime_lowering_matches_reference():
+    import onnxruntime as ort
+
+    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
+    from adntn_runtime.session import lower_for_runtime
+
+    plan = ADNTNPlan(1024, 1024, network="mera", bond_dim=3)
+    rng = np.random.default_rng(0)
+    cores = {
+        k: (rng.standard_normal(c.shape) / np.sqrt(c.shape[-1])).astype(np.float32)
+        for k, c in plan.cores.items()
+    }
+    spec = LayerSpec("fc", "linear", plan, cores)
+    auto = layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
+    for einsum in (True, False):
+        lowered, _, no_fold = lower_for_runtime(auto, {"fc": "regenerate"}, einsum=einsum)
+        assert no_fold
+        so = ort.SessionOptions()
+        so.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
+        sess = ort.InferenceSession(
+            lowered.SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
+        x = rng.standard_normal((2, 1024)).astype(np.float32)
+        assert _rel(sess.run(None, {"input": x})[0], x @ generate_weight(plan, cores).T) < 1e-4

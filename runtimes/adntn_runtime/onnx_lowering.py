@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -211,6 +211,10 @@ class LoweredLayer:
     needs_no_constant_folding: bool = False
 
 
+def _prod(legs: Sequence[str], dims: Mapping[str, int], batch: int) -> int:
+    return math.prod(batch if x == BATCH else dims[x] for x in legs)
+
+
 # ---------------------------------------------------------------------------- checks
 def _check_mode(mode: object, spec: LayerSpec) -> str:
     if not isinstance(mode, str) or mode not in LOWERING_MODES:
@@ -240,8 +244,14 @@ def _check_opset(opset: object) -> int:
 class _Builder:
     """Collects the nodes and initializers of one layer under a name prefix."""
 
-    def __init__(self, prefix: str, opset: int, *, einsum: bool, native_gelu: bool) -> None:
+    def __init__(
+        self, prefix: str, opset: int, *, einsum: bool, native_gelu: bool, batch_hint: int = 1
+    ) -> None:
         self.prefix = prefix
+        self.batch_hint = batch_hint
+        self._views: dict[tuple, str] = {}
+        #: ONNX value -> its leg order, for intermediates written in a non-declared order.
+        self._legs: dict[str, tuple[str, ...]] = {}
         self.opset = opset
         self.einsum = einsum
         self.native_gelu = native_gelu
@@ -327,7 +337,46 @@ class _Builder:
         t = self.node("Mul", [x, t], f"{name}.mul", level=level)
         return self.node("Mul", [t, self.scalar(0.5)], name, level=level)
 
+    def _operand(self, x: str, perm: Sequence[int], shape: Sequence[int], name: str,
+                 tag: str, level: int) -> str:  # fmt: skip
+        """``x`` permuted by ``perm`` and reshaped to ``shape``, memoized per value.
+
+        A value used by many steps (a shared factor of every regenerate tile, a cached fused
+        factor) is permuted and reshaped once; later steps reuse the first node's output.
+        """
+        key = (x, tuple(perm), tuple(shape))
+        if key in self._views:
+            return self._views[key]
+        out = x
+        if list(perm) != list(range(len(perm))):
+            out = self.node("Transpose", [out], f"{name}.t{tag}", level=level, perm=list(perm))
+        out = self.node("Reshape", [out, self.ints(shape)], f"{name}.r{tag}", level=level)
+        self._views[key] = out
+        return out
+
+    def _broadcast_ok(self, step: Contract, dims: Mapping[str, int]) -> Any:
+        """The broadcast MatMul form of ``step`` when it is an efficient lowering, else None.
+
+        Efficient: each of its small GEMMs writes at least 256 elements, so the per-call
+        overhead of a broadcast ``MatMul`` stays small next to the writes it saves.
+        """
+        form = step.as_broadcast_matmul(dims, self.batch_hint)
+        per_call = _prod(form.rows, dims, self.batch_hint) * _prod(form.cols, dims, self.batch_hint)
+        return form if per_call >= 256 else None
+
     def contract(self, step: Contract, a: str, b: str, name: str, dims: Mapping[str, int]) -> str:
+        mm = step.as_matmul()
+        out_transposed = list(mm.perm_out) != list(range(len(mm.perm_out)))
+        # A step whose output a plain (batched) MatMul would write transposed, or whose
+        # inputs are already laid out for it, is lowered as one broadcasting MatMul that
+        # writes the output's row-major order directly (ORT's Einsum pays a full transpose
+        # of the output there, the worst case being the last step of every regenerate tile).
+        form = self._broadcast_ok(step, dims)
+        if form is not None and (
+            out_transposed
+            or not any(list(p) != list(range(len(p))) for p in (form.perm_first, form.perm_second))
+        ):
+            return self.broadcast_matmul(step, form, a, b, name, dims)
         if self.einsum:
             try:
                 eq = step.equation
@@ -337,7 +386,6 @@ class _Builder:
                     f"MatMul form has no {MAX_LABELS}-label limit)"
                 ) from None
             return self.node("Einsum", [a, b], name, level=step.level, equation=eq)
-        mm = step.as_matmul()
 
         def size(legs: Sequence[str]) -> int:
             if BATCH in legs:
@@ -359,7 +407,7 @@ class _Builder:
             shape = [*batch_shape, size(mm.inner), size(mm.free_b)]
             b_t = self.node("Reshape", [b_t, self.ints(shape)], f"{name}.rb", level=step.level)
         trivial_out = len(mm.free_a) == 1 and len(mm.free_b) == 1
-        identity_out = list(mm.perm_out) == list(range(len(mm.perm_out)))
+        identity_out = not out_transposed
         prod = self.node(
             "MatMul",
             [a_t, b_t],
@@ -378,6 +426,45 @@ class _Builder:
             prod = self.node("Transpose", [prod], name, level=step.level, perm=list(mm.perm_out))
         return prod
 
+    def broadcast_matmul(
+        self, step: Contract, form: Any, a: str, b: str, name: str, dims: Mapping[str, int]
+    ) -> str:
+        """Emit ``step`` as one broadcasting MatMul (see :class:`BroadcastMatMulForm`)."""
+        first, second = (b, a) if form.swap else (a, b)
+
+        def shape(groups: Sequence[Sequence[str]]) -> list[int]:
+            return [-1 if BATCH in g else math.prod(dims[x] for x in g) for g in groups]
+
+        f = self._operand(first, form.perm_first, shape(form.first_dims), name, "a", step.level)
+        s_ = self._operand(second, form.perm_second, shape(form.second_dims), name, "b", step.level)
+        prod = self.node("MatMul", [f, s_], f"{name}.mm", level=step.level)
+        out_shape = [-1 if x == BATCH else dims[x] for x in step.out_legs]
+        return self.node("Reshape", [prod, self.ints(out_shape)], name, level=step.level)
+
+    def _wanted_layouts(self, sch: Schedule, dims: Mapping[str, int]) -> dict[str, tuple]:
+        """Leg order each intermediate should be written in so its consumer needs no transpose.
+
+        A backward pass: the final step keeps the schedule's output order; every step whose
+        broadcast MatMul form is efficient asks for its intermediate inputs in the order
+        that form reads them (an activation passes the wish through). A producer adopts the
+        wish only when its own broadcast MatMul can write that order (see :meth:`run`).
+        """
+        wanted: dict[str, tuple] = {}
+        for step in reversed(sch.steps):
+            if isinstance(step, Activate):
+                if step.output in wanted and step.input not in sch.inputs:
+                    wanted.setdefault(step.input, wanted[step.output])
+                continue
+            out = step.out_legs if step.output == sch.output else wanted.get(step.output)
+            form = self._broadcast_ok(replace(step, out_legs=tuple(out or step.out_legs)), dims)
+            if form is None:
+                continue
+            first, second = step.inputs[::-1] if form.swap else step.inputs
+            for value, groups in ((first, form.first_dims), (second, form.second_dims)):
+                if value not in sch.inputs:
+                    wanted.setdefault(value, tuple(x for g in groups for x in g))
+        return wanted
+
     def run(
         self,
         sch: Schedule,
@@ -392,17 +479,31 @@ class _Builder:
         With ``only``, emit just the steps whose output is in it (``env`` holds the rest).
         """
         dims = sch.dims if dims is None else dims
+        wanted = self._wanted_layouts(sch, dims)
         for step in sch.steps:
             if only is not None and step.output not in only:
                 continue
             name = f"{scope}level{step.level}/{step.output}"
             if isinstance(step, Contract):
                 a, b = (env[v] for v in step.inputs)
+                # Intermediates may live in another leg order than the schedule declares
+                # (chosen so that their consumer needs no transpose): track the real one.
+                phys = (self._legs.get(a, step.in_legs[0]), self._legs.get(b, step.in_legs[1]))
+                step = replace(step, in_legs=phys)
+                out_legs = wanted.get(step.output) if step.output != sch.output else None
+                if out_legs is not None and tuple(out_legs) != step.out_legs:
+                    alt = replace(step, out_legs=tuple(out_legs))
+                    form = self._broadcast_ok(alt, dims)
+                    if form is not None:
+                        step = alt
                 env[step.output] = self.contract(step, a, b, name, dims)
+                self._legs[env[step.output]] = step.out_legs
             elif isinstance(step, Activate):
                 env[step.output] = self.activation(
                     step.activation, env[step.input], name, step.level
                 )
+                if env[step.input] in self._legs:
+                    self._legs[env[step.output]] = self._legs[env[step.input]]
         return env.get(sch.output, "")
 
 
@@ -637,7 +738,9 @@ def lower_layer(
             f"opset {opset}; export with opset={GELU_OPSET} or later, or native_gelu=None/False "
             "to decompose it exactly with Erf"
         )
-    b = _Builder(spec.prefix, opset, einsum=einsum, native_gelu=bool(native_gelu))
+    b = _Builder(
+        spec.prefix, opset, einsum=einsum, native_gelu=bool(native_gelu), batch_hint=batch_hint
+    )
     params = dict(param_names or {})
     for role, name, array in _param_inits(spec):
         if mode == "dense" and role != "bias":

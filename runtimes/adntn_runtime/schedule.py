@@ -21,6 +21,7 @@ __all__ = [
     "BATCH",
     "MAX_LABELS",
     "Activate",
+    "BroadcastMatMulForm",
     "Contract",
     "MatMulForm",
     "Schedule",
@@ -61,6 +62,39 @@ class MatMulForm:
     inner: tuple[Leg, ...]
     mid_legs: tuple[Leg, ...]
     perm_out: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BroadcastMatMulForm:
+    """A two-operand einsum as one broadcasting ``MatMul`` whose result needs no transpose.
+
+    The output legs are read as ``[prefix..., rows, cols]``: ``rows`` are legs of the
+    first MatMul operand only, ``cols`` legs of the second only, and each prefix *group*
+    (a maximal run of output legs with the same owner: first only, second only, or both)
+    becomes one broadcast dimension, of size 1 in the operand that lacks it. Example: out
+    ``(i0,i1,i2,i3,j0,j1,j2,j3)`` from ``A(i0,i1,j0,j1,a)`` and ``B(i2,i3,j2,j3,a)`` is
+    ``A[I01,1,J01,a] @ B[1,I23,a,J23]``, written directly in the output's row-major order.
+
+    ``swap``: the first MatMul operand is the step's second input. ``perm_first`` /
+    ``perm_second`` permute each operand to ``[its prefix legs, rows|inner, inner|cols]``;
+    ``first_dims`` / ``second_dims`` / ``out_dims`` are the leg groups of each reshaped
+    operand and of the product (an empty group is a broadcast dimension of size 1).
+    """
+
+    swap: bool
+    perm_first: tuple[int, ...]
+    perm_second: tuple[int, ...]
+    first_dims: tuple[tuple[Leg, ...], ...]
+    second_dims: tuple[tuple[Leg, ...], ...]
+    out_dims: tuple[tuple[Leg, ...], ...]
+    prefix: tuple[Leg, ...]
+    rows: tuple[Leg, ...]
+    inner: tuple[Leg, ...]
+    cols: tuple[Leg, ...]
+
+    def calls(self, dims: Mapping[Leg, int], batch: int = 1) -> int:
+        """Number of small GEMMs the broadcast MatMul runs (product of the prefix sizes)."""
+        return _size(self.prefix, dims, batch)
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,83 @@ class Contract:
         mid = (*batch_legs, *free_a, *free_b)
         perm_out = tuple(mid.index(x) for x in out)
         return MatMulForm(perm_a, perm_b, batch_legs, free_a, free_b, inner, mid, perm_out)
+
+    def as_broadcast_matmul(
+        self,
+        dims: Mapping[Leg, int],
+        batch: int = 1,
+        *,
+        out_legs: Sequence[Leg] | None = None,
+        in_legs: tuple[Sequence[Leg], Sequence[Leg]] | None = None,
+    ) -> BroadcastMatMulForm:
+        """The step as one broadcasting ``MatMul`` writing ``out_legs`` (default: the step's).
+
+        ``in_legs`` overrides the physical leg order of the inputs (a lowering may keep an
+        intermediate in another order). Of the two orientations, the one with the fewest
+        GEMM calls (then the fewest permuted inputs) is returned.
+        """
+        legs_a, legs_b = (tuple(x) for x in (in_legs or self.in_legs))
+        out = tuple(self.out_legs if out_legs is None else out_legs)
+        if set(out) != set(self.out_legs) or len(out) != len(self.out_legs):
+            raise ValueError(f"step {self.output!r}: out_legs {out} are not a permutation")
+        best: tuple[tuple[int, int], BroadcastMatMulForm] | None = None
+        for swap in (False, True):
+            first, second = (legs_b, legs_a) if swap else (legs_a, legs_b)
+            form = _broadcast_form(first, second, out, swap, self.output)
+            moved = sum(list(p) != list(range(len(p))) for p in (form.perm_first, form.perm_second))
+            key = (form.calls(dims, batch), moved)
+            if best is None or key < best[0]:
+                best = (key, form)
+        assert best is not None
+        return best[1]
+
+
+def _broadcast_form(
+    first: tuple[Leg, ...], second: tuple[Leg, ...], out: tuple[Leg, ...], swap: bool, name: str
+) -> BroadcastMatMulForm:
+    inner = tuple(x for x in first if x in second and x not in out)
+    for legs in (first, second):
+        dangling = [x for x in legs if x not in out and x not in inner]
+        if dangling:
+            raise ValueError(
+                f"step {name!r}: legs {dangling} of one operand are summed alone; "
+                "the schedule planner never emits such steps"
+            )
+
+    def owner(leg: Leg) -> str:
+        return "both" if (leg in first and leg in second) else ("f" if leg in first else "s")
+
+    n = len(out)
+    c = n
+    while c > 0 and owner(out[c - 1]) == "s":
+        c -= 1
+    r = c
+    while r > 0 and owner(out[r - 1]) == "f":
+        r -= 1
+    prefix, rows, cols = out[:r], out[r:c], out[c:]
+    groups: list[tuple[str, tuple[Leg, ...]]] = []
+    for leg in prefix:
+        o = owner(leg)
+        if groups and groups[-1][0] == o:
+            groups[-1] = (o, groups[-1][1] + (leg,))
+        else:
+            groups.append((o, (leg,)))
+    f_dims = tuple(g if o in ("f", "both") else () for o, g in groups) + (rows, inner)
+    s_dims = tuple(g if o in ("s", "both") else () for o, g in groups) + (inner, cols)
+    f_order = [x for g in f_dims for x in g]
+    s_order = [x for g in s_dims for x in g]
+    return BroadcastMatMulForm(
+        swap,
+        tuple(first.index(x) for x in f_order),
+        tuple(second.index(x) for x in s_order),
+        f_dims,
+        s_dims,
+        tuple(g for _, g in groups) + (rows, cols),
+        prefix,
+        rows,
+        inner,
+        cols,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf import text_format
+
 from adntn_runtime.onnx_lowering import LayerSpec, layer_model
 from adntn_runtime.plan import ADNTNPlan
-from google.protobuf import text_format
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 NETWORKS = ("ttn", "attn", "mera")
