@@ -1,0 +1,405 @@
+"""Compress a model in place: swap chosen ``nn.Linear``/``nn.Conv2d`` layers for ADNTN layers.
+
+:func:`compress` picks layers by dotted module name (``"classifier.4"``), by the
+model's own FC aliases (``"fc7"``, from ``model.fc_layers`` of the zoo models) or by
+:mod:`fnmatch` glob patterns (``"classifier.*"``, ``"features.*"``), optionally fits
+each new layer to the dense weights it replaces (layer-wise initialisation,
+activation-aware when calibration inputs are given), and records the fit of every
+layer in ``model.adntn_fit_report`` (layer name -> :class:`~adntn_export.fitting.FitResult`).
+
+Named recipes are JSON files in ``adntn_models/recipes/`` (for example
+``alexnet32_ttn``, ``vgg16_32_mera``)::
+
+    {
+      "name": "alexnet32_ttn",
+      "model": "alexnet32",
+      "description": "...",
+      "defaults": {"network": "ttn", "bond_dim": 2, "bias": "generated", "bias_bond_dim": 1},
+      "layers": {"fc6": {"num_sites": 8}, "fc7": {"num_sites": 12}, "fc8": {"bond_dim": 3}}
+    }
+
+and are applied with ``compress(model, recipe="alexnet32_ttn")``.
+
+Example:
+    >>> from adntn_models import alexnet32
+    >>> model = compress(alexnet32(), recipe="alexnet32_ttn", fit_steps=50)
+    >>> sorted(model.adntn_fit_report)
+    ['classifier.1', 'classifier.4', 'classifier.6']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adntn_export.fitting import FitResult
+from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
+
+__all__ = [
+    "RECIPE_PACKAGE",
+    "compress",
+    "compressible_layers",
+    "list_recipes",
+    "load_recipe",
+    "resolve_layers",
+]
+
+#: Package whose ``recipes/`` folder holds the named recipes.
+RECIPE_PACKAGE = "adntn_models"
+
+_GLOB_CHARS = set("*?[")
+_DEFAULTS: dict[str, Any] = {
+    "network": "ttn",
+    "bond_dim": 4,
+    "activation": "tanh",
+    "bias": "dense",
+}
+# Keys a recipe's "defaults" / per-layer entries may carry besides the ADNTN layer
+# arguments: they steer the fit rather than the layer.
+_FIT_KEYS = ("fit_steps", "fit_lr", "activation_weight")
+
+
+def _recipe_dir() -> Any:
+    return resources.files(RECIPE_PACKAGE).joinpath("recipes")
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in ``adntn_models/recipes/`` (sorted)."""
+    folder = _recipe_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_recipe(name: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a compression recipe by name (``"vgg16_32_ttn"``) or from a ``.json`` path.
+
+    Returns:
+        The recipe as a dict with ``defaults`` (layer arguments for every layer) and
+        ``layers`` (layer name or pattern -> per-layer overrides).
+
+    Raises:
+        ValueError: If the name is not a shipped recipe (the message lists them) or the
+            file is not a valid recipe.
+    """
+    path = Path(name)
+    if str(name).endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"recipe file {str(name)!r} does not exist")
+        text = path.read_text()
+        where = str(path)
+    else:
+        resource = _recipe_dir().joinpath(f"{name}.json")
+        if not resource.is_file():
+            raise ValueError(
+                f"unknown recipe {str(name)!r}; valid recipes: {', '.join(list_recipes())} "
+                "(or a path to a .json file)"
+            )
+        text = resource.read_text()
+        where = f"recipe {name!r}"
+    try:
+        recipe = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("layers"), dict | list):
+        raise ValueError(f"{where} must be a JSON object with a 'layers' object or list")
+    if not isinstance(recipe.get("defaults", {}), dict):
+        raise ValueError(f"{where}: 'defaults' must be a JSON object")
+    recipe.setdefault("defaults", {})
+    recipe.setdefault("name", str(name))
+    return recipe
+
+
+def compressible_layers(model: nn.Module) -> list[str]:
+    """Dotted names of the model's ``nn.Linear`` and ``nn.Conv2d`` modules, in model order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, nn.Linear | nn.Conv2d)
+    ]
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    fc = getattr(model, "fc_layers", None)
+    return dict(fc) if isinstance(fc, Mapping) else {}
+
+
+def _candidates_text(model: nn.Module) -> str:
+    names = compressible_layers(model)
+    alias = _aliases(model)
+    text = ", ".join(names) if names else "(none)"
+    if alias:
+        text += "; aliases: " + ", ".join(f"{k}={v}" for k, v in alias.items())
+    return text
+
+
+def resolve_layers(
+    model: nn.Module, layers: str | Sequence[str] | Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Map a layer selection to ``{module name: per-layer overrides}``, in model order.
+
+    Entries are dotted module names, aliases from ``model.fc_layers`` (``"fc7"``) or
+    :mod:`fnmatch` patterns matched against the Linear/Conv2d names (and aliases).
+    ``None`` selects every ``nn.Linear``. A mapping gives per-entry overrides; where
+    entries overlap, later entries override earlier ones key by key.
+
+    Raises:
+        ValueError: On an unknown name, a pattern that matches nothing, or a named
+            module that is not ``nn.Linear``/``nn.Conv2d``; the message lists the
+            candidates.
+    """
+    modules = dict(model.named_modules())
+    candidates = compressible_layers(model)
+    alias = _aliases(model)
+    if layers is None:
+        items: list[tuple[str, Mapping[str, Any]]] = [
+            (n, {}) for n in candidates if isinstance(modules[n], nn.Linear)
+        ]
+    elif isinstance(layers, str):
+        items = [(layers, {})]
+    elif isinstance(layers, Mapping):
+        items = []
+        for key, value in layers.items():
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"per-layer overrides for {key!r} must be a mapping of layer arguments, "
+                    f"got {value!r}"
+                )
+            items.append((key, value))
+    elif isinstance(layers, Sequence):
+        items = [(entry, {}) for entry in layers]
+    else:
+        raise ValueError(
+            f"layers must be None, a name/pattern, a list of them or a dict name -> overrides; "
+            f"got {layers!r}"
+        )
+    chosen: dict[str, dict[str, Any]] = {}
+    for entry, overrides in items:
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"layer names must be non-empty strings, got {entry!r}")
+        if _GLOB_CHARS & set(entry):
+            names = [n for n in candidates if fnmatch.fnmatchcase(n, entry)]
+            names += [
+                path
+                for a, path in alias.items()
+                if fnmatch.fnmatchcase(a, entry) and path in candidates
+            ]
+            if not names:
+                raise ValueError(
+                    f"layer pattern {entry!r} matches no Linear/Conv2d layer; candidates: "
+                    + _candidates_text(model)
+                )
+        else:
+            name = alias.get(entry, entry)
+            if name not in modules or not name:
+                raise ValueError(f"unknown layer {entry!r}; candidates: " + _candidates_text(model))
+            if not isinstance(modules[name], nn.Linear | nn.Conv2d):
+                raise ValueError(
+                    f"layer {entry!r} is a {type(modules[name]).__name__}, not nn.Linear or "
+                    "nn.Conv2d; candidates: " + _candidates_text(model)
+                )
+            names = [name]
+        for name in names:
+            chosen.setdefault(name, {}).update(overrides)
+    order = {n: i for i, n in enumerate(candidates)}
+    return {n: chosen[n] for n in sorted(chosen, key=order.__getitem__)}
+
+
+def _capture_inputs(
+    model: nn.Module, names: Sequence[str], calibration: torch.Tensor, max_rows: int
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` once on ``calibration`` and keep each named layer's input."""
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+
+        def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], *, _name: str = name) -> None:
+            captured[_name] = inputs[0].detach()
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(calibration)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    out = {}
+    for name, x in captured.items():
+        if isinstance(modules[name], nn.Linear):
+            x = x.reshape(-1, x.shape[-1])
+            if x.shape[0] > max_rows:
+                x = x[torch.linspace(0, x.shape[0] - 1, max_rows).long()]
+        out[name] = x
+    return out
+
+
+@torch.no_grad()
+def _match_norm(layer: ADNTNLayer, dense_weight: torch.Tensor) -> None:
+    gen = layer.weight_generator
+    if not gen.plan.top_is_linear or "root" not in gen.cores:
+        return
+    norm = gen.weight().norm()
+    target = dense_weight.norm()
+    if float(norm) > 0 and float(norm) < float(target):
+        gen.cores["root"].mul_(target / norm)
+        gen.clear_cache()
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def compress(
+    model: nn.Module,
+    *,
+    recipe: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    layers: str | Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    network: str | None = None,
+    bond_dim: int | Sequence[int] | None = None,
+    activation: str | Sequence[str] | None = None,
+    bias: bool | str | None = None,
+    fit: bool = True,
+    fit_steps: int = 300,
+    fit_lr: float = 0.02,
+    calibration: torch.Tensor | None = None,
+    activation_weight: float = 1.0,
+    max_calibration_rows: int = 4096,
+    match_norm: bool = True,
+    verbose: bool = False,
+    **layer_kwargs: Any,
+) -> nn.Module:
+    """Replace chosen ``nn.Linear``/``nn.Conv2d`` layers of ``model`` by ADNTN layers, in place.
+
+    Args:
+        model: The model; modified in place and returned.
+        recipe: A recipe name (see :func:`list_recipes`), a ``.json`` path or a recipe
+            dict; supplies ``layers`` and the defaults below.
+        layers: Which layers (see :func:`resolve_layers`): names, ``model.fc_layers``
+            aliases, fnmatch patterns, or a dict name/pattern -> per-layer overrides
+            (any ADNTN layer argument, plus ``fit_steps``/``fit_lr``/``activation_weight``).
+            ``None`` (and no recipe): every ``nn.Linear``.
+        network, bond_dim, activation, bias: ADNTN layer arguments for every chosen
+            layer; ``None`` means the recipe's value, else ``"ttn"``, ``4``, ``"tanh"``,
+            ``"dense"``.
+        fit: Fit each new layer to the dense weights it replaces (else fresh cores).
+        fit_steps, fit_lr: Adam steps and learning rate of the layer-wise fit.
+        calibration: Model inputs (a batch); the input of every chosen layer is
+            captured with forward hooks in one pass of the dense model and the fit adds
+            the activation-aware term ``||(W - W_d) X||^2``.
+        activation_weight: Weight of that term.
+        max_calibration_rows: Rows of a Linear layer's captured input kept (evenly spaced).
+        match_norm: After the fit, rescale the generated weight (its linear top core) to
+            the dense weight's Frobenius norm when the fit left it smaller. At extreme
+            compression the least-squares fit shrinks ``W`` towards zero (relative error
+            ~1), which would silence the layer; keeping the dense scale keeps the signal
+            (and the gradients) flowing for the fine-tuning that follows.
+        verbose: Print one line per layer.
+        **layer_kwargs: Further ADNTN layer arguments (``num_sites``, ``arity``,
+            ``final_activation``, ``bias_bond_dim``, ``mode``, ...) for every chosen layer.
+
+    Returns:
+        ``model``, with ``model.adntn_fit_report``: ``{module name: FitResult}`` for the
+        layers fitted (``FitResult.relative_error`` is ``||W - W_d|| / ||W_d||``), and
+        ``model.adntn_layer_configs``: ``{module name: layer.config()}``.
+
+    Raises:
+        ValueError: On a bad selection (the message lists candidate layers) or bad arguments.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress needs an nn.Module, got {type(model).__name__}")
+    defaults: dict[str, Any] = dict(_DEFAULTS)
+    if recipe is not None:
+        spec = dict(recipe) if isinstance(recipe, Mapping) else load_recipe(recipe)
+        defaults.update(spec.get("defaults", {}))
+        if layers is None:
+            layers = spec.get("layers")
+    explicit = {"network": network, "bond_dim": bond_dim, "activation": activation, "bias": bias}
+    defaults.update({k: v for k, v in explicit.items() if v is not None})
+    defaults.update(layer_kwargs)
+    chosen = resolve_layers(model, layers)
+    modules = dict(model.named_modules())
+    inputs: dict[str, torch.Tensor] = {}
+    if calibration is not None and fit:
+        inputs = _capture_inputs(model, list(chosen), calibration, max_calibration_rows)
+
+    report: dict[str, FitResult] = dict(getattr(model, "adntn_fit_report", {}) or {})
+    configs: dict[str, dict[str, Any]] = dict(getattr(model, "adntn_layer_configs", {}) or {})
+    for name, overrides in chosen.items():
+        kwargs = {**defaults, **overrides}
+        steps = int(kwargs.pop("fit_steps", fit_steps))
+        lr = float(kwargs.pop("fit_lr", fit_lr))
+        act_w = float(kwargs.pop("activation_weight", activation_weight))
+        dense = modules[name]
+        new: ADNTNLayer
+        if isinstance(dense, nn.Linear):
+            if fit:
+                new, result = ADNTNLinear.from_linear(
+                    dense,
+                    steps=steps,
+                    lr=lr,
+                    calibration=inputs.get(name),
+                    activation_weight=act_w,
+                    **kwargs,
+                )
+                report[name] = result
+            else:
+                kwargs.setdefault("bias", "dense" if dense.bias is not None else "none")
+                new = ADNTNLinear(
+                    dense.in_features,
+                    dense.out_features,
+                    dtype=dense.weight.dtype,
+                    device=dense.weight.device,
+                    **kwargs,
+                )
+        else:
+            if fit:
+                new, result = ADNTNConv2d.from_conv(
+                    dense,
+                    steps=steps,
+                    lr=lr,
+                    calibration=inputs.get(name),
+                    activation_weight=act_w,
+                    **kwargs,
+                )
+                report[name] = result
+            else:
+                kwargs.setdefault("bias", "dense" if dense.bias is not None else "none")
+                new = ADNTNConv2d(
+                    dense.in_channels,
+                    dense.out_channels,
+                    dense.kernel_size,
+                    stride=dense.stride,
+                    padding=dense.padding,  # type: ignore[arg-type]
+                    dilation=dense.dilation,
+                    dtype=dense.weight.dtype,
+                    device=dense.weight.device,
+                    **kwargs,
+                )
+        if fit and match_norm:
+            _match_norm(new, dense.weight.detach())
+        new.train(dense.training)
+        _set_module(model, name, new)
+        configs[name] = new.config()
+        if verbose:
+            err = f", fit error {report[name].relative_error:.4f}" if name in report else ""
+            print(
+                f"compressed {name}: {new.dense_parameters:,} -> {new.stored_parameters:,} "
+                f"params ({new.dense_parameters / new.stored_parameters:,.0f}x){err}"
+            )
+    model.adntn_fit_report = report  # type: ignore[assignment]
+    model.adntn_layer_configs = configs  # type: ignore[assignment]
+    return model

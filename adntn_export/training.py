@@ -1,0 +1,701 @@
+"""Task-aware training of (ADNTN-compressed) models: seeded, resumable, DDP-ready.
+
+The objective of :func:`train` is
+
+``(1 - distill_weight) * CE(student, y) + distill_weight * T^2 * KL(teacher_T || student_T)
++ reconstruction_weight * sum_l ||(W_l - W_l^dense) X_l||^2 / ||W_l^dense X_l||^2``
+
+where the distillation term needs a dense ``teacher`` (its logits at temperature
+``T``), and the activation-aware reconstruction term needs the teacher too (its
+dense layers at the same module names as the student's ADNTN layers) plus
+``calibration`` inputs, whose per-layer inputs ``X_l`` are captured once with
+forward hooks on the teacher.
+
+The usual flow is layer-wise fit, then end-to-end fine-tuning:
+:func:`train_compressed` deep-copies a trained dense model, compresses it with
+:func:`adntn_export.compress.compress` (fitting each layer to the dense weights,
+activation-aware on calibration inputs), then fine-tunes it with :func:`train`
+using the dense model as the teacher.
+
+Reproducibility and resumption:
+
+* :func:`seed_everything` seeds torch, numpy and :mod:`random` and turns on
+  deterministic algorithms (``warn_only``); the shuffle order of epoch ``e`` is a
+  function of ``(seed, e)`` only (a :class:`ResumableSampler`, a
+  ``DistributedSampler`` that can start mid-epoch), and DataLoader workers are seeded.
+* Checkpoints (``<checkpoint_dir>/last.pt``) hold the model, optimizer and
+  scheduler states, every RNG state, the epoch, the step within it and the loss
+  history; they are written atomically (temporary file, fsync, ``os.replace``) and
+  read with ``torch.load(weights_only=True)``. ``resume=True`` continues from the
+  last one, and the result is bit-identical to an uninterrupted run.
+* Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+  ``DistributedDataParallel`` (gloo on CPU), each rank reads its shard, and only rank 0
+  writes checkpoints and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from adntn_export.layers import ADNTNLayer
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_VERSION",
+    "OPTIMIZERS",
+    "CheckpointError",
+    "ResumableSampler",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "MODEL_INPUTS",
+    "dataset_for",
+    "train",
+    "train_compressed",
+]
+
+#: File name of the training-state checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "last.pt"
+#: Format version stored in every checkpoint.
+CHECKPOINT_VERSION = 1
+#: Valid ``TrainConfig.optimizer`` values.
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint is missing, truncated, corrupt or does not fit the run."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and run settings of :func:`train`.
+
+    Attributes:
+        epochs: Passes over the training set.
+        batch_size: Per-process batch size.
+        lr: Peak learning rate (cosine decay to ``lr * min_lr_ratio`` over the run).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
+        weight_decay: Weight decay.
+        seed: Seeds model init (done by the caller), shuffling, dropout and workers.
+        distill_weight: Weight of the distillation term (needs a teacher); 0 = off.
+        temperature: Distillation temperature.
+        reconstruction_weight: Weight of the activation-aware reconstruction term
+            (needs a teacher and calibration inputs); 0 = off.
+        num_workers: DataLoader worker processes.
+        checkpoint_dir: Where ``last.pt`` goes; ``None``: no checkpoints.
+        checkpoint_every: Also checkpoint every this many steps (0: at epoch ends only).
+        resume: Continue from ``checkpoint_dir/last.pt`` if it exists.
+        max_steps: Stop (with a checkpoint) after this many steps in total; simulates an
+            interruption, or bounds a run.
+        progress: Draw rich progress bars.
+        deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+        min_lr_ratio: Final LR as a fraction of ``lr``.
+        core_lr: Learning rate of the ADNTN cores (weight and bias generators);
+            ``None``: ``lr``. Tiny cores often want a larger one.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    distill_weight: float = 0.0
+    temperature: float = 4.0
+    reconstruction_weight: float = 0.0
+    num_workers: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    max_steps: int | None = None
+    progress: bool = True
+    deterministic: bool = True
+    min_lr_ratio: float = 0.02
+    core_lr: float | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {list(OPTIMIZERS)}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.reconstruction_weight < 0:
+            raise ValueError(
+                f"reconstruction_weight must be >= 0, got {self.reconstruction_weight!r}"
+            )
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be None or >= 0, got {self.max_steps!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: per-step losses, per-epoch metrics, where it stopped."""
+
+    losses: list[float] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    global_step: int = 0
+    epoch: int = 0
+    completed: bool = False
+    resumed_from_step: int | None = None
+    seconds: float = 0.0
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed torch, numpy and :mod:`random`; optionally turn on deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose epoch order depends only on ``(seed, epoch)`` and that
+    can start mid-epoch (``set_start(n)`` skips this rank's first ``n`` indices)."""
+
+    def __init__(
+        self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` indices of the current epoch (for resuming)."""
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_cached_gaussian": float(np_state[4]),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+_REQUIRED = ("version", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: If the file is missing, truncated or corrupt, or lacks a field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, ...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt ({path.stat().st_size} bytes; "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); delete it "
+            "to start over, or restore an intact copy"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a training state dict")
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks fields {missing}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state['version']!r}; "
+            f"this adntn reads version {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return world, rank
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    core_ids: set[int] = set()
+    if cfg.core_lr is not None:
+        for mod in model.modules():
+            if isinstance(mod, ADNTNLayer):
+                for gen in (mod.weight_generator, mod.bias_generator):
+                    if gen is not None:
+                        core_ids |= {id(p) for p in gen.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in core_ids]}]
+    if core_ids:
+        groups.append({"params": [p for p in trainable if id(p) in core_ids], "lr": cfg.core_lr})
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+    )
+
+
+class _cosine:  # noqa: N801 - a picklable LR lambda (cosine from 1 to min_ratio)
+    def __init__(self, total: int, min_ratio: float) -> None:
+        self.total, self.min_ratio = total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        t = min(step, self.total) / self.total
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _reconstruction_targets(
+    student: nn.Module, teacher: nn.Module, calibration: torch.Tensor, max_rows: int = 1024
+) -> list[tuple[ADNTNLayer, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(student layer, X, dense W, ||W_d X||^2) for every ADNTN layer with a dense twin."""
+    t_mods = dict(teacher.named_modules())
+    pairs = []
+    for name, mod in student.named_modules():
+        if isinstance(mod, ADNTNLayer) and isinstance(t_mods.get(name), nn.Linear | nn.Conv2d):
+            pairs.append((name, mod, t_mods[name]))
+    if not pairs:
+        return []
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, _, dense in pairs:
+
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], *, _n: str = name) -> None:
+            captured[_n] = inputs[0].detach()
+
+        handles.append(dense.register_forward_pre_hook(hook))
+    was = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            teacher(calibration)
+    finally:
+        for h in handles:
+            h.remove()
+        teacher.train(was)
+    out = []
+    for name, layer, dense in pairs:
+        x = captured[name]
+        if isinstance(dense, nn.Conv2d):
+            cols = F.unfold(x, dense.kernel_size, dense.dilation, dense.padding, dense.stride)
+            x = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        else:
+            x = x.reshape(-1, x.shape[-1])
+        if x.shape[0] > max_rows:
+            x = x[torch.linspace(0, x.shape[0] - 1, max_rows).long()]
+        w = dense.weight.detach().reshape(dense.weight.shape[0], -1)
+        ref = (x @ w.T).pow(2).sum().clamp_min(1e-30)
+        out.append((layer, x, w, ref))
+    return out
+
+
+def _reconstruction_loss(
+    targets: list[tuple[ADNTNLayer, torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    total = torch.zeros(())
+    for layer, x, w, ref in targets:
+        gen_w = layer.weight_generator.weight()
+        total = total + (x @ (gen_w - w).T).pow(2).sum() / ref
+    return total
+
+
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset`` (eval mode, no grad)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    was = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(x)
+            total_loss += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+    model.train(was)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return total_loss / n, correct / n
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+#: Input geometry ``(image_size, channels)`` of each zoo model trained on Fashion-MNIST.
+MODEL_INPUTS: dict[str, tuple[int, int]] = {
+    "mlp": (28, 1),
+    "small_cnn": (28, 1),
+    "alexnet32": (32, 3),
+    "vgg16_32": (32, 3),
+}
+
+
+def dataset_for(
+    model_name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Fashion-MNIST shaped for a zoo model; ``root=None`` means the shipped subset.
+
+    Raises:
+        ValueError: If the model does not train on Fashion-MNIST (valid: MODEL_INPUTS).
+        FileNotFoundError: If ``root`` is not a directory holding the IDX files.
+    """
+    from adntn_models import as_tensor_dataset, load_fashion_mnist
+
+    if model_name not in MODEL_INPUTS:
+        raise ValueError(
+            f"model {model_name!r} has no Fashion-MNIST input geometry; valid models: "
+            f"{', '.join(MODEL_INPUTS)}"
+        )
+    size, channels = MODEL_INPUTS[model_name]
+    if root is None:
+        images, labels = load_fashion_mnist(split=split, limit=limit, subset=True)
+    else:
+        images, labels = load_fashion_mnist(root, split, limit)
+    ds = as_tensor_dataset(images, labels, image_size=size, channels=channels)
+    x, y = ds.tensors
+    return torch.utils.data.TensorDataset(x.contiguous(), y)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    *,
+    config: TrainConfig | None = None,
+    teacher: nn.Module | None = None,
+    calibration: torch.Tensor | None = None,
+    test_data: Dataset | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``train_data`` (``(x, y)`` pairs); see the module docstring.
+
+    Args:
+        model: The student (dense or with ADNTN layers).
+        train_data: Training set of ``(input, label)`` pairs.
+        config: Hyper-parameters (default :class:`TrainConfig`).
+        teacher: Dense model for distillation and/or the reconstruction term.
+        calibration: Inputs for the activation-aware reconstruction term.
+        test_data: If given, evaluated after every epoch and at the end.
+        description: Label of the progress bar.
+
+    Returns:
+        A :class:`TrainResult`; ``completed`` is False when ``max_steps`` stopped the run.
+
+    Raises:
+        ValueError: On a bad config, or a term enabled without what it needs.
+        CheckpointError: If ``resume`` meets a truncated or corrupt checkpoint.
+    """
+    cfg = config or TrainConfig()
+    cfg.validate()
+    if cfg.distill_weight > 0 and teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model")
+    if cfg.reconstruction_weight > 0 and (teacher is None or calibration is None):
+        raise ValueError("reconstruction_weight > 0 needs a teacher model and calibration inputs")
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise ValueError("train_data is empty")
+    start_time = time.perf_counter()
+    world, rank = _dist_info()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+
+    recon = []
+    if cfg.reconstruction_weight > 0:
+        assert teacher is not None and calibration is not None
+        recon = _reconstruction_targets(model, teacher, calibration)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model)
+    opt = _make_optimizer(model, cfg)
+    sampler = ResumableSampler(train_data, num_replicas=world, rank=rank, seed=cfg.seed)
+    steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(total_steps, 1), cfg.min_lr_ratio))
+    result = TrainResult()
+    epoch, step_in_epoch = 0, 0
+    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt_path)!r} does not fit this model: {exc}"
+            ) from exc
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        result.losses = list(state.get("losses", []))
+        result.epochs = list(state.get("epoch_metrics", []))
+        result.global_step = int(state.get("global_step", epoch * steps_per_epoch + step_in_epoch))
+        result.resumed_from_step = result.global_step
+        rng = state["rng"]
+        _set_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else rng)
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        rng: Any = _rng_state()
+        if distributed:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        if rank == 0:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": rng,
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "global_step": result.global_step,
+                    "losses": list(result.losses),
+                    "epoch_metrics": list(result.epochs),
+                    "config": {k: v for k, v in asdict(cfg).items() if v is not None},
+                    "world_size": world,
+                },
+            )
+        result.checkpoint = str(ckpt_path)
+
+    T = cfg.temperature
+    stopped = False
+    with _progress(cfg.progress and rank == 0) as bar:
+        task = bar.add_task(description, total=total_steps, info="")
+        bar.update(task, completed=result.global_step)
+        while epoch < cfg.epochs:
+            sampler.set_epoch(epoch)
+            sampler.set_start(step_in_epoch * cfg.batch_size)
+            loader = DataLoader(
+                train_data,
+                batch_size=cfg.batch_size,
+                sampler=sampler,
+                num_workers=cfg.num_workers,
+                worker_init_fn=_worker_init if cfg.num_workers else None,
+                generator=torch.Generator().manual_seed(cfg.seed * 1000003 + epoch),
+            )
+            net.train()
+            epoch_loss, epoch_n = 0.0, 0
+            for x, y in loader:
+                if cfg.max_steps is not None and result.global_step >= cfg.max_steps:
+                    stopped = True
+                    break
+                out = net(x)
+                loss = F.cross_entropy(out, y)
+                if cfg.distill_weight > 0:
+                    assert teacher is not None
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                    kd = F.kl_div(
+                        F.log_softmax(out / T, 1),
+                        F.log_softmax(t_out / T, 1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * T * T * kd
+                if recon:
+                    loss = loss + cfg.reconstruction_weight * _reconstruction_loss(recon)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise RuntimeError(
+                        f"training diverged at step {result.global_step} (loss {value}); "
+                        f"lower lr (now {cfg.lr})"
+                    )
+                result.losses.append(value)
+                epoch_loss += value * len(y)
+                epoch_n += len(y)
+                step_in_epoch += 1
+                result.global_step += 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {value:.4f}")
+                if cfg.checkpoint_every and result.global_step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            if stopped:
+                break
+            metrics: dict[str, float] = {"epoch": float(epoch)}
+            if epoch_n:
+                metrics["train_loss"] = epoch_loss / epoch_n
+            if test_data is not None:
+                metrics["test_loss"], metrics["test_accuracy"] = evaluate(model, test_data)
+            result.epochs.append(metrics)
+            epoch += 1
+            step_in_epoch = 0
+            checkpoint()
+    result.epoch = epoch
+    result.completed = not stopped
+    if stopped:
+        checkpoint()
+    elif test_data is not None:
+        result.test_loss, result.test_accuracy = evaluate(model, test_data)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def train_compressed(
+    dense: nn.Module,
+    train_data: Dataset,
+    *,
+    compress_kwargs: Mapping[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    calibration: torch.Tensor | None = None,
+    test_data: Dataset | None = None,
+    description: str = "fine-tune ADNTN",
+) -> tuple[nn.Module, TrainResult]:
+    """Layer-wise fit, then end-to-end fine-tuning with the dense model as the teacher.
+
+    Deep-copies ``dense``, compresses the copy with
+    :func:`~adntn_export.compress.compress` (``compress_kwargs``, e.g.
+    ``{"recipe": "alexnet32_ttn"}`` or ``{"layers": ["fc1"], "bond_dim": 3}``; fitted,
+    activation-aware on ``calibration``), then runs :func:`train` with ``teacher=dense``.
+
+    Returns:
+        ``(student, result)``; ``student.adntn_fit_report`` holds the layer-wise fits.
+    """
+    from adntn_export.compress import compress
+
+    student = copy.deepcopy(dense)
+    compress(student, calibration=calibration, **dict(compress_kwargs or {}))
+    teacher = copy.deepcopy(dense)
+    result = train(
+        student,
+        train_data,
+        config=config,
+        teacher=teacher,
+        calibration=calibration,
+        test_data=test_data,
+        description=description,
+    )
+    return student, result

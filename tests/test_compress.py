@@ -1,0 +1,143 @@
+"""compress(): exactly the named layers are replaced; globs, aliases, recipes and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adntn_export import ADNTNConv2d, ADNTNLinear, compression_report
+from adntn_export.compress import compress, list_recipes, load_recipe, resolve_layers
+from adntn_models import alexnet32, mlp, small_cnn
+
+
+def _kinds(model: nn.Module) -> dict[str, str]:
+    return {
+        n: type(m).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv2d | ADNTNLinear | ADNTNConv2d)
+    }
+
+
+def test_replaces_exactly_the_named_layers():
+    torch.manual_seed(0)
+    model = mlp()
+    before = _kinds(model)
+    out = compress(model, layers=["layers.3"], bond_dim=2, fit_steps=5)
+    assert out is model
+    after = _kinds(model)
+    assert after["layers.3"] == "ADNTNLinear"
+    assert {k: v for k, v in after.items() if k != "layers.3"} == {
+        k: v for k, v in before.items() if k != "layers.3"
+    }
+    assert set(model.adntn_fit_report) == {"layers.3"}
+    assert model.adntn_fit_report["layers.3"].steps == 5
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_aliases_glob_and_default():
+    model = small_cnn()
+    compress(model, layers="features.*", bond_dim=2, fit=False)
+    assert _kinds(model) == {
+        "features.0": "ADNTNConv2d",
+        "features.3": "ADNTNConv2d",
+        "classifier.0": "Linear",
+        "classifier.3": "Linear",
+    }
+    assert model.adntn_fit_report == {}
+    compress(model, layers=["fc1"], bond_dim=2, fit=False)
+    assert _kinds(model)["classifier.0"] == "ADNTNLinear"
+    # default: every nn.Linear
+    other = mlp()
+    compress(other, bond_dim=2, fit=False)
+    assert set(_kinds(other).values()) == {"ADNTNLinear"}
+
+
+def test_per_layer_overrides_and_kwargs():
+    model = mlp()
+    compress(
+        model,
+        layers={"layers.0": {"bond_dim": 3, "network": "attn"}, "layers.*": {"bias": "generated"}},
+        bond_dim=2,
+        fit=False,
+    )
+    first, second = model.layers[0], model.layers[3]
+    assert first.plan.network == "attn" and max(first.plan.bond_dims) == 3
+    assert second.plan.network == "ttn" and max(second.plan.bond_dims) == 2
+    assert first.bias_kind == second.bias_kind == "generated"
+
+
+def test_calibration_fit_records_activation_error():
+    torch.manual_seed(0)
+    model = mlp()
+    x = torch.randn(32, 1, 28, 28)
+    compress(model, layers=["fc1"], bond_dim=2, fit_steps=10, calibration=x)
+    fit = model.adntn_fit_report["layers.0"]
+    assert fit.activation_error is not None and fit.relative_error <= fit.initial_relative_error
+    assert model.adntn_layer_configs["layers.0"]["type"] == "ADNTNLinear"
+
+
+@pytest.mark.parametrize(
+    ("layers", "match"),
+    [
+        (["classifier.9"], r"unknown layer 'classifier.9'; candidates: .*classifier.0"),
+        (["fc9"], r"unknown layer 'fc9'; candidates: .*fc1=classifier.0"),
+        (["conv*"], r"pattern 'conv\*' matches no Linear/Conv2d layer; candidates: features.0"),
+        (["features.1"], r"'features.1' is a ReLU, not nn.Linear or nn.Conv2d; candidates"),
+        (["classifier"], r"'classifier' is a Sequential"),
+        (3, r"layers must be None, a name/pattern"),
+    ],
+)
+def test_selection_errors(layers, match):
+    model = small_cnn()
+    with pytest.raises(ValueError, match=match):
+        compress(model, layers=layers, fit=False)
+    assert _kinds(model)["classifier.0"] == "Linear"  # untouched
+
+
+def test_recipes_load_and_apply():
+    names = list_recipes()
+    for expected in (
+        "alexnet32_ttn",
+        "alexnet32_attn",
+        "alexnet32_mera",
+        "vgg16_32_ttn",
+        "vgg16_32_attn",
+        "vgg16_32_mera",
+        "alexnet_ttn",
+        "vgg16_ttn",
+    ):
+        assert expected in names
+    recipe = load_recipe("alexnet32_ttn")
+    assert recipe["model"] == "alexnet32" and set(recipe["layers"]) == {"fc6", "fc7", "fc8"}
+    model = compress(alexnet32(), recipe="alexnet32_ttn", fit=False)
+    report = {r.name: r for r in compression_report(model).layers}
+    assert set(report) == {"classifier.1", "classifier.4", "classifier.6"}
+    assert report["classifier.4"].ratio >= 50_000
+    assert report["classifier.1"].ratio >= 10_000
+    assert report["classifier.6"].ratio >= 100
+    assert all(r.bias == "generated" for r in report.values())
+    # explicit arguments override the recipe's defaults
+    model = compress(mlp(), recipe="alexnet32_ttn", layers=["fc2"], network="attn", fit=False)
+    assert model.layers[3].plan.network == "attn" and model.layers[3].bias_kind == "generated"
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match=r"unknown recipe 'nope'; valid recipes: .*alexnet32_ttn"):
+        load_recipe("nope")
+
+
+def test_resolve_layers_is_in_model_order():
+    model = alexnet32()
+    assert list(resolve_layers(model, ["fc8", "fc6"])) == ["classifier.1", "classifier.6"]
+
+
+def test_conv_layers_fit_with_calibration():
+    torch.manual_seed(0)
+    model = small_cnn()
+    compress(
+        model, layers="features.*", bond_dim=2, fit_steps=3, calibration=torch.randn(4, 1, 28, 28)
+    )
+    assert set(model.adntn_fit_report) == {"features.0", "features.3"}
+    assert all(r.activation_error is not None for r in model.adntn_fit_report.values())
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
