@@ -25,13 +25,18 @@ def matmul_tanh_chain(path, batch: int = 2, n: int = 64, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((n, 2 * n)) / np.sqrt(n)).astype(np.float32)
     w2 = (rng.standard_normal((2 * n, n)) / np.sqrt(2 * n)).astype(np.float32)
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(np.array([batch * n], np.int64), "flat")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
-             helper.make_node("Tanh", ["h"], ["t"]),
-             helper.make_node("MatMul", ["t", "w2"], ["o"]),
-             helper.make_node("Transpose", ["o"], ["ot"], perm=[1, 0]),
-             helper.make_node("Reshape", ["ot", "flat"], ["y"])]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.array([batch * n], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("MatMul", ["t", "w2"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["ot"], perm=[1, 0]),
+        helper.make_node("Reshape", ["ot", "flat"], ["y"]),
+    ]
     return _save(nodes, [_f("x", [batch, n])], [_f("y", [batch * n])], inits, path)
 
 
@@ -40,14 +45,19 @@ def adntn_cores(path, batch: int = 2, n: int = 64, rank: int = 8, seed: int = 1)
     rng = np.random.default_rng(seed)
     g1 = (rng.standard_normal((n, rank)) / 2).astype(np.float32)
     g2 = (rng.standard_normal((rank, n)) / 2).astype(np.float32)
-    inits = [numpy_helper.from_array(g1, "G1"), numpy_helper.from_array(g2, "G2"),
-             numpy_helper.from_array(np.array([n, n], np.int64), "wshape")]
-    nodes = [helper.make_node("MatMul", ["G1", "G2"], ["g"]),
-             helper.make_node("Tanh", ["g"], ["gt"]),
-             helper.make_node("Transpose", ["gt"], ["gtt"], perm=[1, 0]),
-             helper.make_node("Reshape", ["gtt", "wshape"], ["W"]),
-             helper.make_node("MatMul", ["x", "W"], ["h"]),
-             helper.make_node("Tanh", ["h"], ["y"])]
+    inits = [
+        numpy_helper.from_array(g1, "G1"),
+        numpy_helper.from_array(g2, "G2"),
+        numpy_helper.from_array(np.array([n, n], np.int64), "wshape"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["G1", "G2"], ["g"]),
+        helper.make_node("Tanh", ["g"], ["gt"]),
+        helper.make_node("Transpose", ["gt"], ["gtt"], perm=[1, 0]),
+        helper.make_node("Reshape", ["gtt", "wshape"], ["W"]),
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["y"]),
+    ]
     return _save(nodes, [_f("x", [batch, n])], [_f("y", [batch, n])], inits, path)
 
 
@@ -57,8 +67,10 @@ def einsum_model(path, seed: int = 2) -> str:
     f1 = (rng.standard_normal((16, 16, 4)) / 4).astype(np.float32)
     f2 = (rng.standard_normal((16, 16, 4)) / 4).astype(np.float32)
     inits = [numpy_helper.from_array(f1, "F1"), numpy_helper.from_array(f2, "F2")]
-    nodes = [helper.make_node("Einsum", ["x", "F1"], ["t"], equation="ab,acr->bcr"),
-             helper.make_node("Einsum", ["t", "F2"], ["y"], equation="bcr,bdr->cd")]
+    nodes = [
+        helper.make_node("Einsum", ["x", "F1"], ["t"], equation="ab,acr->bcr"),
+        helper.make_node("Einsum", ["t", "F2"], ["y"], equation="bcr,bdr->cd"),
+    ]
     return _save(nodes, [_f("x", [16, 16])], [_f("y", [16, 16])], inits, path)
 
 
@@ -72,18 +84,25 @@ def factorised_4096(path, n: int = 64, r: int = 4, seed: int = 3) -> str:
     """A 4096x4096 layer as y = x[64,64] contracted with F1[64,64,r] and F2[64,64,r]
     (MatMul/Transpose/Reshape only)."""
     rng = np.random.default_rng(seed)
-    f1 = (rng.standard_normal((n, n * r)) / n).astype(np.float32)      # [a, (a' r)]
-    f2 = (rng.standard_normal((n * r, n)) / n).astype(np.float32)      # [(b r), b']
+    f1 = (rng.standard_normal((n, n * r)) / n).astype(np.float32)  # [a, (a' r)]
+    f2 = (rng.standard_normal((n * r, n)) / n).astype(np.float32)  # [(b r), b']
     c = lambda v, name: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
-    inits = [numpy_helper.from_array(f1, "F1"), numpy_helper.from_array(f2, "F2"),
-             c([n, n], "s_ab"), c([n, n, r], "s_bar"), c([n, n * r], "s_a_br"),
-             c([1, n * n], "s_out")]
-    nodes = [helper.make_node("Reshape", ["x", "s_ab"], ["xa"]),              # [a, b]
-             helper.make_node("Transpose", ["xa"], ["xb"], perm=[1, 0]),      # [b, a]
-             helper.make_node("MatMul", ["xb", "F1"], ["t"]),                 # [b, a' r]
-             helper.make_node("Reshape", ["t", "s_bar"], ["t3"]),             # [b, a', r]
-             helper.make_node("Transpose", ["t3"], ["t4"], perm=[1, 0, 2]),   # [a', b, r]
-             helper.make_node("Reshape", ["t4", "s_a_br"], ["t5"]),           # [a', b r]
-             helper.make_node("MatMul", ["t5", "F2"], ["o"]),                 # [a', b']
-             helper.make_node("Reshape", ["o", "s_out"], ["y"])]
+    inits = [
+        numpy_helper.from_array(f1, "F1"),
+        numpy_helper.from_array(f2, "F2"),
+        c([n, n], "s_ab"),
+        c([n, n, r], "s_bar"),
+        c([n, n * r], "s_a_br"),
+        c([1, n * n], "s_out"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "s_ab"], ["xa"]),  # [a, b]
+        helper.make_node("Transpose", ["xa"], ["xb"], perm=[1, 0]),  # [b, a]
+        helper.make_node("MatMul", ["xb", "F1"], ["t"]),  # [b, a' r]
+        helper.make_node("Reshape", ["t", "s_bar"], ["t3"]),  # [b, a', r]
+        helper.make_node("Transpose", ["t3"], ["t4"], perm=[1, 0, 2]),  # [a', b, r]
+        helper.make_node("Reshape", ["t4", "s_a_br"], ["t5"]),  # [a', b r]
+        helper.make_node("MatMul", ["t5", "F2"], ["o"]),  # [a', b']
+        helper.make_node("Reshape", ["o", "s_out"], ["y"]),
+    ]
     return _save(nodes, [_f("x", [1, n * n])], [_f("y", [1, n * n])], inits, path)

@@ -115,8 +115,10 @@ def test_bench_reports_percentiles(chain, x64, tmp_path):
 def _need_aarch64():
     from adntn_export.tvm_backend.device_runtime import ensure_runtime
 
-    for tool, pkg in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
-                      ("qemu-aarch64-static", "qemu-user-static")):
+    for tool, pkg in (
+        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+        ("qemu-aarch64-static", "qemu-user-static"),
+    ):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (Debian package {pkg})")
     try:
@@ -236,8 +238,15 @@ def test_tuning_writes_database_and_resumes(chain, x64, tmp_path):
 def test_unknown_target():
     with pytest.raises(ValueError, match=r"unknown target 'pi9'.*rpi4"):
         get_target("pi9")
-    assert set(target_names()) == {"host", "rpi4", "rpi5", "jetson-orin-nano",
-                                   "jetson-orin-agx", "mali", "adreno"}
+    assert set(target_names()) == {
+        "host",
+        "rpi4",
+        "rpi5",
+        "jetson-orin-nano",
+        "jetson-orin-agx",
+        "mali",
+        "adreno",
+    }
 
 
 def test_missing_cross_compiler(chain, tmp_path, monkeypatch):
@@ -272,7 +281,9 @@ def test_unreachable_tracker_fails_fast(chain, tmp_path):
 
     with pytest.raises(RuntimeError, match="unreachable"):
         connect(tracker=addr, key="rpi4")
-    assert time.time() - t0 < 10
+    # TVM's own client retries a dead tracker for 60 s; ours checks the port first. The bound
+    # is loose on purpose (a loaded 2-core CI machine), it only tells the two apart.
+    assert time.time() - t0 < 45
 
 
 def test_device_target_needs_tracker(chain, tmp_path):
@@ -298,20 +309,83 @@ def test_corrupt_database(chain, tmp_path):
 def test_cli_compile_and_errors(chain, tmp_path, capsys):
     from adntn_export.cli import main
 
-    assert main(["compile", chain, "--target", "host", "-o", str(tmp_path / "o"),
-                 "--mode", "materialize"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                chain,
+                "--target",
+                "host",
+                "-o",
+                str(tmp_path / "o"),
+                "--mode",
+                "materialize",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["mode"] == "materialize"
     assert main(["serve-device", "--tracker", "10.0.0.2:9190", "--key", "rpi5"]) == 0
     assert "rpc_server --tracker 10.0.0.2:9190 --key rpi5" in capsys.readouterr().out
     port = _closed_port()
-    assert main(["tune", chain, "--target", "rpi4", "--trials", "2", "-o", str(tmp_path / "t"),
-                 "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4"]) == 2
+    assert (
+        main(
+            [
+                "tune",
+                chain,
+                "--target",
+                "rpi4",
+                "--trials",
+                "2",
+                "-o",
+                str(tmp_path / "t"),
+                "--rpc-tracker",
+                f"127.0.0.1:{port}",
+                "--rpc-key",
+                "rpi4",
+            ]
+        )
+        == 2
+    )
     assert "unreachable" in capsys.readouterr().err
 
 
 def test_cli_help_does_not_import_tvm():
-    code = ("import sys; from adntn_export.cli import build_parser; build_parser(); "
-            "print('tvm' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1])
+    code = (
+        "import sys; from adntn_export.cli import build_parser; build_parser(); "
+        "print('tvm' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_light_tensor_intrinsics_skips_gpu_tables():
+    """Tuning imports only the CPU intrinsic tables (the full import takes ~50 s and made every
+    MetaSchedule candidate build time out)."""
+    code = (
+        "import sys, time; from adntn_export.tvm_backend.tune import light_tensor_intrinsics;"
+        "import tvm; t = time.time(); light_tensor_intrinsics(); dt = time.time() - t;"
+        "from tvm.s_tir import TensorIntrin; TensorIntrin.get('dot_16x4_vnni');"
+        "print(dt, getattr(sys.modules['tvm.s_tir.tensor_intrin.cuda'], '__file__', None))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    seconds, cuda_file = out.stdout.split()
+    assert cuda_file == "None"  # the CUDA table was never parsed
+    assert float(seconds) < 20
+
+
+def test_with_num_cores():
+    spec = get_target("host").with_num_cores(1)
+    assert spec.target_dict()["num-cores"] == 1 and spec.name == "host"
+    assert get_target("rpi4").with_num_cores(2).target_dict()["num-cores"] == 2
+    with pytest.raises(ValueError, match="CPU targets"):
+        get_target("mali").with_num_cores(1)

@@ -1,4 +1,4 @@
-"""``adntn compile MODEL.onnx --target T -o OUTDIR [--mode fold|materialize]``."""
+"""``adntn compile MODEL.onnx --target T -o OUTDIR [--mode fold|materialize|regenerate]``."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--mode",
         choices=MODES,
         default=None,
-        help="fold: weights generated at compile time (default); materialize: "
-        "weights generated once at load from the embedded cores",
+        help="fold: weights generated at compile time; materialize: weights generated once "
+        "at load from the embedded cores; regenerate: weights regenerated at every call "
+        "(default: regenerate for ADNTN regenerate exports, else fold)",
     )
     p.add_argument(
         "--input-shape",

@@ -18,11 +18,13 @@ def _handler(args: argparse.Namespace) -> int:
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
         input_shapes=_shapes(args.input_shape),
+        max_trials_per_task=args.max_trials_per_task,
+        op_names=args.op_names.split(",") if args.op_names else None,
     )
     tuned = manifest.tuned or {}
     print(
         f"tuned {args.model} for {manifest.target}: {tuned.get('records_after')} records in "
-        f"{tuned.get('database')} -> {args.output}"
+        f"{tuned.get('database')} -> {args.output} (tuning {tuned.get('tuning_seconds')} s)"
     )
     return 0
 
@@ -45,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--work-dir",
         default=None,
         help="database folder (default OUTDIR/tuning/TARGET); reused across runs",
+    )
+    p.add_argument(
+        "--max-trials-per-task",
+        type=int,
+        default=None,
+        help="cap per tuning task (default: MetaSchedule's, i.e. the whole remaining budget)",
+    )
+    p.add_argument(
+        "--op-names",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="tune only tasks whose name contains one of these (e.g. matmul)",
     )
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT")
     p.add_argument("--rpc-key", default=None)

@@ -4,12 +4,15 @@ Modules (one concept each; all import :mod:`tvm` lazily, inside functions):
 
 * :mod:`.targets` - named device targets (host, rpi4, rpi5, jetson-orin-*, mali, adreno).
 * :mod:`.einsum_rewrite` - rewrite ONNX ``Einsum`` nodes to Transpose/Reshape/MatMul.
-* :mod:`.compile` - ``compile_onnx``: ONNX -> Relax -> ``OUT/model.so`` + ``manifest.json``.
+* :mod:`.compile` - ``compile_onnx``: ONNX -> Relax -> ``OUT/model.so`` + ``manifest.json``
+  (modes ``fold`` / ``materialize`` / ``regenerate``).
 * :mod:`.tune` - ``tune_onnx``: MetaSchedule tuning with a persistent, resumable database.
 * :mod:`.rpc` - local tracker/server helpers and the ``serve-device`` recipe.
 * :mod:`.run` - load an exported OUTDIR, run it and benchmark it (locally or over RPC).
 * :mod:`.device_runtime` - aarch64 TVM runtime libraries (from the aarch64 wheels, cached).
 * :mod:`.runner_build` - build the C++ ``tvm_runner`` (``runtimes/tvm_runner/runner.cc``).
+* :mod:`.emulated` - an aarch64 ``tvm.exec.rpc_server`` under qemu-user (tests of the RPC
+  deploy path without a board; built by ``runtimes/tvm_runner/build_arm64_python.sh``).
 """
 
 from __future__ import annotations

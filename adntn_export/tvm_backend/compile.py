@@ -19,6 +19,22 @@ Modes:
   into a VM function ``materialize()`` (no arguments; the compressed cores are its constants)
   that runs once at load; ``main(*data_inputs, *materialize())`` then runs per inference. The
   artefact stores only the cores.
+* ``"regenerate"``: nothing is folded or lifted. The ONNX initializers become parameters of
+  ``main`` (so Relax's ``FoldConstant`` cannot fold weight generation) and ``materialize()``
+  only returns them (the cores, as stored); ``main(*data_inputs, *materialize())`` regenerates
+  the weights at every call, as ONNX Runtime does for a regenerate export with constant
+  folding off. The artefact stores only the cores.
+* ``None`` (the default): ``"regenerate"`` for an ADNTN export that asks for constant folding
+  off (``adntn.session_options`` metadata, written for regenerate layers), else ``"fold"``.
+
+What the Relax default pipeline folds (TVM 0.27, ``"fold"``): ``from_onnx`` binds the
+initializers as constants and its ``FoldConstant`` (also in the ``zero`` pipeline) evaluates
+every sub-graph whose inputs are all constants. For ADNTN exports that means: ``dense`` - the
+weight is already dense; ``materialize`` - the in-graph weight build is folded to the dense
+weight; ``fused`` - the ``x``-independent factors (the lower tree levels contracted together,
+e.g. two [256, 64] factors for a TTN 4096x4096 layer) are folded, the ``x``-dependent
+contractions stay; ``regenerate`` - every tile's weight would be folded (which defeats the
+mode: hence the ``"regenerate"`` compile mode, chosen automatically).
 
 ONNX ``Einsum`` nodes are rewritten into MatMul form first (:mod:`.einsum_rewrite`).
 """
@@ -37,7 +53,9 @@ from typing import Any
 
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
-MODES = ("fold", "materialize")
+MODES = ("fold", "materialize", "regenerate")
+#: ONNX metadata key an ADNTN export writes when a layer must not be constant-folded.
+SESSION_OPTIONS_KEY = "adntn.session_options"
 MANIFEST = "manifest.json"
 MATERIALIZE_FN = "materialize"
 
@@ -117,11 +135,11 @@ def prepare_relax(
     mode: str | None = None,
     input_shapes: dict[str, list[int]] | None = None,
 ) -> Prepared:
-    """Load ONNX, rewrite Einsum, import into Relax; ``materialize`` lifts weight generation."""
+    """Load ONNX, rewrite Einsum, import into Relax; ``materialize`` lifts weight generation,
+    ``regenerate`` keeps it in ``main`` (``None``: chosen from the model's metadata)."""
     import onnx
 
-    mode = mode or "fold"
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     path = Path(onnx_path)
     if not path.exists():
@@ -130,10 +148,18 @@ def prepare_relax(
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises several types
         raise ValueError(f"{path} is not a readable ONNX model: {exc}") from exc
+    notes: list[str] = []
+    if mode is None:
+        mode = default_mode(model)
+        if mode == "regenerate":
+            notes.append(
+                "mode regenerate chosen: the model asks for constant folding off "
+                f"({SESSION_OPTIONS_KEY})"
+            )
     from adntn_export.tvm_backend.einsum_rewrite import rewrite_einsum
 
     model, left = rewrite_einsum(model)
-    notes = [f"Einsum left for TVM (slow lowering): {eq}" for eq in left]
+    notes += [f"Einsum left for TVM (slow lowering): {eq}" for eq in left]
     init_names = {i.name for i in model.graph.initializer}
     input_shapes = dict(input_shapes or {})
     inputs: list[TensorInfo] = []
@@ -167,10 +193,35 @@ def prepare_relax(
     if mode == "fold":
         mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
     else:
-        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
-                        keep_params_in_input=True)
-        mod = _lift_weight_generation(mod, relax)
+        mod = from_onnx(
+            model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True
+        )
+        if mode == "materialize":
+            mod = _lift_weight_generation(mod, relax)
+        else:
+            mod = _params_function(mod, relax)
     return Prepared(mod=mod, inputs=inputs, mode=mode, notes=notes)
+
+
+def default_mode(model: Any) -> str:
+    """``"regenerate"`` if the ONNX model asks for constant folding off, else ``"fold"``."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        wanted = json.loads(meta.get(SESSION_OPTIONS_KEY, "{}"))
+    except json.JSONDecodeError:
+        wanted = {}
+    disabled = wanted.get("disabled_optimizers", []) if isinstance(wanted, dict) else []
+    return "regenerate" if "ConstantFolding" in disabled else "fold"
+
+
+def _params_function(mod: Any, relax: Any) -> Any:
+    """Detach ``main``'s parameters; ``materialize()`` returns them unchanged (regenerate)."""
+    mod, params = relax.frontend.detach_params(mod)
+    bb = relax.BlockBuilder(mod)
+    with bb.function(MATERIALIZE_FN, [], attrs={"num_input": 0}):
+        out = bb.emit(relax.Tuple([relax.const(p) for p in params.get("main", [])]))
+        bb.emit_func_output(out)
+    return bb.finalize()
 
 
 def _lift_weight_generation(mod: Any, relax: Any) -> Any:
@@ -232,9 +283,17 @@ def _save_kernels(executable: Any, spec: TargetSpec, out: Path, notes: list[str]
                 continue
             fatbin = kdir / f"model{suffix}_{arch}.fatbin"
             num = arch.removeprefix("sm_")
-            cmd = [nvcc, "-fatbin", "-O3", "-w",
-                   "-gencode", f"arch=compute_{num},code=[sm_{num},compute_{num}]",
-                   "-o", str(fatbin), str(src)]
+            cmd = [
+                nvcc,
+                "-fatbin",
+                "-O3",
+                "-w",
+                "-gencode",
+                f"arch=compute_{num},code=[sm_{num},compute_{num}]",
+                "-o",
+                str(fatbin),
+                str(src),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"nvcc failed building {fatbin.name}:\n{proc.stderr[-3000:]}")
@@ -313,7 +372,7 @@ def export(
         tvm_version=tvm_v,
         tvm_ffi_version=ffi_v,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        materialize=MATERIALIZE_FN if prepared.mode == "materialize" else None,
+        materialize=MATERIALIZE_FN if prepared.mode in ("materialize", "regenerate") else None,
         tuned=tuned,
         notes=notes,
     )

@@ -126,8 +126,21 @@ def ensure_runtime(arch: str, *, download: bool = True, timeout: float = 600.0) 
     wheels.mkdir(parents=True, exist_ok=True)
     errors = []
     for plat in platforms:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--platform", plat, "--python-version", pyver, "-d", str(wheels), *pkgs]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            plat,
+            "--python-version",
+            pyver,
+            "-d",
+            str(wheels),
+            *pkgs,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode == 0:
             break

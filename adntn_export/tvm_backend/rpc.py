@@ -81,8 +81,7 @@ def connect(
         raise ValueError("give either server='HOST:PORT' or tracker='HOST:PORT' and key")
     check_tracker(tracker, key, timeout=min(timeout, 3.0))
     host, port = parse_address(tracker)
-    return rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=0,
-                                                   max_retry=2)
+    return rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=0, max_retry=2)
 
 
 @dataclass
@@ -121,8 +120,14 @@ def start_local_server(tracker_port: int, key: str, port: int = 9300, port_end: 
     """Start a ``tvm.rpc.server.Server`` on 127.0.0.1 registered at a local tracker."""
     from tvm.rpc.server import Server
 
-    return Server(host="127.0.0.1", port=port, port_end=port_end, key=key,
-                  tracker_addr=("127.0.0.1", tracker_port), silent=True)
+    return Server(
+        host="127.0.0.1",
+        port=port,
+        port_end=port_end,
+        key=key,
+        tracker_addr=("127.0.0.1", tracker_port),
+        silent=True,
+    )
 
 
 def start_local_rpc(key: str = "adntn-local", *, wait: float = 10.0) -> LocalRPC:
@@ -155,13 +160,15 @@ def start_local_rpc(key: str = "adntn-local", *, wait: float = 10.0) -> LocalRPC
 
 def serve_device_recipe(tracker: str, key: str) -> str:
     """The commands to run a device server for ``key`` registered at ``tracker``."""
-    return "\n".join([
-        "# on the workstation (once):",
-        f"python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {tracker.rpartition(':')[2]}",
-        "# on the device (Raspberry Pi / Jetson), with the aarch64 TVM wheels installed:",
-        "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1",
-        f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}",
-        "# check from the workstation:",
-        f"python -m tvm.exec.query_rpc_tracker --host {tracker.rpartition(':')[0]} "
-        f"--port {tracker.rpartition(':')[2]}",
-    ])
+    return "\n".join(
+        [
+            "# on the workstation (once):",
+            f"python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {tracker.rpartition(':')[2]}",
+            "# on the device (Raspberry Pi / Jetson), with the aarch64 TVM wheels installed:",
+            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1",
+            f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}",
+            "# check from the workstation:",
+            f"python -m tvm.exec.query_rpc_tracker --host {tracker.rpartition(':')[0]} "
+            f"--port {tracker.rpartition(':')[2]}",
+        ]
+    )

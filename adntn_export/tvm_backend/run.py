@@ -35,8 +35,10 @@ class BenchResult:
     mean_ms: float
 
     def __str__(self) -> str:
-        return (f"p50 {self.p50_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, p99 {self.p99_ms:.3f} ms "
-                f"({self.runs} runs)")
+        return (
+            f"p50 {self.p50_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, p99 {self.p99_ms:.3f} ms "
+            f"({self.runs} runs)"
+        )
 
 
 def _stats(times_s: Sequence[float]) -> BenchResult:

@@ -52,9 +52,18 @@ def build_runner(arch: str, *, download: bool = True) -> Path:
         shutil.copy2(lib, out_dir / lib.name)
     tmp = out_dir / "tvm_runner.tmp"
     cmd = [
-        _compiler(arch), "-std=c++17", "-O2", str(RUNNER_SOURCE),
-        f"-I{tree.ffi_include}", f"-I{tree.dlpack_include}",
-        f"-L{out_dir}", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN", "-o", str(tmp),
+        _compiler(arch),
+        "-std=c++17",
+        "-O2",
+        str(RUNNER_SOURCE),
+        f"-I{tree.ffi_include}",
+        f"-I{tree.dlpack_include}",
+        f"-L{out_dir}",
+        "-ltvm_runtime",
+        "-ltvm_ffi",
+        "-Wl,-rpath,$ORIGIN",
+        "-o",
+        str(tmp),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

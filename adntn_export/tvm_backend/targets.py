@@ -74,9 +74,21 @@ class TargetSpec:
         out = dict(self.target)
         if self.name == "host":
             out.update(_host_cpu_attrs())
+        if "num-cores" in self.extra and self.kind == "cpu":
+            out["num-cores"] = int(self.extra["num-cores"])
         if self.host is not None:
             out["host"] = dict(self.host)
         return out
+
+    def with_num_cores(self, n: int) -> TargetSpec:
+        """This CPU target with ``num-cores=n`` (MetaSchedule parallelises for ``n`` cores;
+        run the result with ``TVM_NUM_THREADS=n``). E.g. ``1`` for batch-1 latency on a loaded
+        machine, where thread-pool wake-ups cost as much as the kernels."""
+        import dataclasses
+
+        if self.kind != "cpu" or n < 1:
+            raise ValueError(f"num-cores applies to CPU targets (n >= 1), not {self.name!r}/{n}")
+        return dataclasses.replace(self, extra={**self.extra, "num-cores": int(n)})
 
     def tvm_target(self) -> Any:
         """``tvm.target.Target`` for this spec (imports tvm)."""

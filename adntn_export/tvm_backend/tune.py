@@ -13,6 +13,16 @@ export function). The host target can also be measured over RPC.
 The tuned module is built with ``relax.get_pipeline("static_shape_tuning", ..., total_trials=0)``
 (which applies the database) and exported exactly like :func:`.compile.compile_onnx`.
 Tuning uses the XGBoost cost model when ``xgboost`` is installed, else random search.
+
+Build speed (why candidate builds used to take 30-60 s each): MetaSchedule's ``LocalBuilder``
+starts a fresh worker process for every batch and its ``default_build`` runs
+``import tvm.s_tir.tensor_intrin``, which parses every tensor intrinsic TVM ships (CUDA 31 s,
+ROCm 11 s, Hexagon 3 s, ARM 2 s, x86 1 s on this 2-core machine: ~50 s); ``TuneContext`` does the
+same import once in the tuning process. For CPU targets :func:`light_tensor_intrinsics` imports
+only the CPU tables (x86 + ARM, ~3 s) by registering empty stand-ins for the GPU/DSP modules
+first, and candidates for this machine are compiled in-process (:class:`_InProcessBuilder`,
+~20 ms + a link each, no worker start-up); cross targets keep ``LocalBuilder`` with the light
+import in its worker initializer (~7 s per batch, the worker's ``import tvm``).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import json
 import os
 import sys
 import tempfile
+import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,25 @@ from adntn_export.tvm_backend.compile import Manifest, Prepared, export, prepare
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+#: Tensor-intrinsic modules of ``tvm.s_tir.tensor_intrin`` that CPU tuning never uses.
+_GPU_DSP_INTRINSICS = ("cuda", "rocm", "hexagon", "riscv_cpu")
+
+
+def light_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` with only the CPU (x86, ARM) intrinsic tables.
+
+    Registers empty modules for the CUDA/ROCm/Hexagon/RISC-V tables before the package's
+    ``__init__`` imports them (~50 s of TVMScript parsing saved per process). Only for CPU
+    targets; a no-op once the package is imported (then whatever was imported stays).
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    for sub in _GPU_DSP_INTRINSICS:
+        name = f"tvm.s_tir.tensor_intrin.{sub}"
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
 def _export_fn_name(cc: str) -> str:
@@ -54,7 +85,43 @@ class _CrossExportInit:
         self.cc = cc
 
     def __call__(self) -> None:
+        light_tensor_intrinsics()
         _register_cross_export(self.cc)
+
+
+class _LightInit:
+    """Picklable initializer: light tensor-intrinsic import in a builder worker."""
+
+    def __call__(self) -> None:
+        light_tensor_intrinsics()
+
+
+def _in_process_builder() -> Any:
+    """A MetaSchedule builder compiling candidates in this process (native CPU targets)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _InProcessBuilder(ms.builder.PyBuilder):
+        """Same steps as ``LocalBuilder``'s default build/export, without worker processes."""
+
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            import tvm
+            from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+            results = []
+            for inp in build_inputs:
+                try:
+                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(inp.mod)
+                    rt_mod = tvm.compile(mod, target=inp.target)
+                    path = os.path.join(tempfile.mkdtemp(prefix="adntn-ms-"), "candidate.so")
+                    rt_mod.export_library(path)
+                    results.append(ms.builder.BuilderResult(path, None))
+                except Exception as exc:  # a bad candidate must not end the tuning run
+                    results.append(ms.builder.BuilderResult(None, f"in-process build: {exc}"))
+            return results
+
+    return _InProcessBuilder()
 
 
 def count_records(db_dir: str | os.PathLike[str]) -> int:
@@ -104,12 +171,20 @@ def _progress_callback(total: int, say: Any) -> Any:
         def __init__(self) -> None:
             self.done = 0
 
-        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
-                  builder_results: Any, runner_results: Any) -> None:
+        def apply(
+            self,
+            task_scheduler: Any,
+            task_id: int,
+            measure_candidates: Any,
+            builder_results: Any,
+            runner_results: Any,
+        ) -> None:
             self.done += len(runner_results)
             ok = [r for r in runner_results if r.error_msg is None]
-            best = min((sum(float(t) for t in r.run_secs) / len(r.run_secs) for r in ok
-                        if r.run_secs), default=None)
+            best = min(
+                (sum(float(t) for t in r.run_secs) / len(r.run_secs) for r in ok if r.run_secs),
+                default=None,
+            )
             extra = f", best of batch {best * 1e6:.1f} us" if best is not None else ""
             say(f"task {task_id}: {self.done}/{total} trials measured{extra}")
 
@@ -129,7 +204,7 @@ def _runner_and_builder(
                 f"target {spec.name!r} must be measured on the device: pass rpc_tracker="
                 "'HOST:PORT' and rpc_key (see `adntn serve-device`)"
             )
-        return ms.runner.LocalRunner(), ms.builder.LocalBuilder(max_workers=1, timeout_sec=120)
+        return ms.runner.LocalRunner(), _in_process_builder()
     if not rpc_key:
         raise ValueError("rpc_tracker needs rpc_key (the key the device server registered)")
     check_tracker(rpc_tracker, rpc_key)  # fails within seconds when unreachable
@@ -142,10 +217,13 @@ def _runner_and_builder(
     )
     cc = spec.require_cross_compiler()
     if cc is None:
-        return runner, ms.builder.LocalBuilder(max_workers=1)
+        return runner, _in_process_builder()
     name = spec.cross_compiler or cc
     builder = ms.builder.LocalBuilder(
-        max_workers=1, f_export=_export_fn_name(name), initializer=_CrossExportInit(name)
+        max_workers=1,
+        timeout_sec=120,
+        f_export=_export_fn_name(name),
+        initializer=_CrossExportInit(name),
     )
     return runner, builder
 
@@ -161,11 +239,16 @@ def tune_onnx(
     rpc_key: str | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     progress: bool = True,
+    max_trials_per_task: int | None = None,
+    op_names: list[str] | None = None,
 ) -> Manifest:
     """Tune an ONNX model for ``target`` with MetaSchedule and export the tuned module.
 
     ``trials`` is the total number of measured candidates wanted in the database; records from
-    earlier runs count towards it. Returns the manifest (``manifest.tuned`` has the details).
+    earlier runs count towards it. ``max_trials_per_task`` caps each task (default: the
+    ``trials`` left, as MetaSchedule does); ``op_names`` tunes only the tasks whose name
+    contains one of them (e.g. ``["matmul"]``). Returns the manifest (``manifest.tuned`` has
+    the details, including ``tuning_seconds``).
     """
     import tvm
     from tvm import relax
@@ -180,20 +263,27 @@ def tune_onnx(
     before = count_records(db_dir)
     remaining = max(0, trials - before)
     runner = builder = None
+    if spec.kind == "cpu":
+        light_tensor_intrinsics()
     if remaining:
         runner, builder = _runner_and_builder(spec, rpc_tracker, rpc_key)
     prepared = prepare_relax(onnx_path, mode="fold", input_shapes=input_shapes)
     tvm_target = spec.tvm_target()
     say = (lambda msg: print(f"[tune] {msg}", file=sys.stderr)) if progress else (lambda m: None)
-    say(f"{spec.name}: database {db_dir} has {before} records; tuning {remaining} more "
-        f"(total {trials})")
+    say(
+        f"{spec.name}: database {db_dir} has {before} records; tuning {remaining} more "
+        f"(total {trials})"
+    )
+    t0 = time.perf_counter()
     if remaining:
         with tvm_target:
-            lowered = tvm.transform.Sequential([
-                relax.transform.DecomposeOpsForInference(),
-                relax.transform.CanonicalizeBindings(),
-                relax.get_pipeline("zero"),
-            ])(prepared.mod)
+            lowered = tvm.transform.Sequential(
+                [
+                    relax.transform.DecomposeOpsForInference(),
+                    relax.transform.CanonicalizeBindings(),
+                    relax.get_pipeline("zero"),
+                ]
+            )(prepared.mod)
         try:
             import xgboost  # noqa: F401
 
@@ -206,7 +296,9 @@ def tune_onnx(
             target=tvm_target,
             work_dir=str(db_dir),
             max_trials_global=remaining,
-            num_trials_per_iter=min(64, max(1, remaining)),
+            max_trials_per_task=max_trials_per_task,
+            op_names=op_names,
+            num_trials_per_iter=min(64, max(1, max_trials_per_task or remaining)),
             builder=builder,
             runner=runner,
             database=_open_database(db_dir),
@@ -216,6 +308,7 @@ def tune_onnx(
                 _progress_callback(remaining, say),
             ],
         )
+    tuning_s = time.perf_counter() - t0
     after = count_records(db_dir)
     say(f"{spec.name}: database now has {after} records; building the tuned module")
     apply_db = relax.get_pipeline(
@@ -223,9 +316,24 @@ def tune_onnx(
     )
     with tvm_target:
         tuned_mod = apply_db(prepared.mod)
-        executable = tvm.compile(tuned_mod, target=tvm_target,
-                                 relax_pipeline=relax.get_default_pipeline(tvm_target))
-    tuned = {"database": str(db_dir), "records_before": before, "records_after": after,
-             "trials_requested": trials, "rpc_tracker": rpc_tracker, "rpc_key": rpc_key}
-    return export(executable, Prepared(prepared.mod, prepared.inputs, "fold", prepared.notes),
-                  spec, out_dir, tuned=tuned)
+        executable = tvm.compile(
+            tuned_mod, target=tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target)
+        )
+    tuned = {
+        "database": str(db_dir),
+        "records_before": before,
+        "records_after": after,
+        "trials_requested": trials,
+        "max_trials_per_task": max_trials_per_task,
+        "op_names": op_names,
+        "tuning_seconds": round(tuning_s, 2),
+        "rpc_tracker": rpc_tracker,
+        "rpc_key": rpc_key,
+    }
+    return export(
+        executable,
+        Prepared(prepared.mod, prepared.inputs, "fold", prepared.notes),
+        spec,
+        out_dir,
+        tuned=tuned,
+    )

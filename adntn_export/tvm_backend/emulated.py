@@ -1,0 +1,183 @@
+"""An emulated aarch64 TVM RPC server (qemu-user), for testing the ARM deploy path on x86.
+
+``runtimes/tvm_runner/build_arm64_python.sh`` builds, under ``<cache>/arm64-python/``:
+
+* ``rootfs/`` - a Debian bookworm arm64 minbase tree with ``python3.11`` (``debootstrap
+  --foreign``; the .debs are only unpacked, nothing runs in a chroot, binfmt_misc not needed);
+* ``site-packages/`` - the aarch64 cp311 wheels of the host's ``apache-tvm`` /
+  ``apache-tvm-ffi`` versions (without ``libtvm_compiler.so``) and the server's dependencies.
+
+:func:`start_emulated_server` then runs::
+
+    TVM_USE_RUNTIME_LIB=1 PYTHONPATH=<site-packages> qemu-aarch64-static -L <rootfs> \\
+        <rootfs>/usr/bin/python3.11 -m tvm.exec.rpc_server --host 127.0.0.1 --port P \\
+        --tracker 127.0.0.1:T --key KEY
+
+(with ``sys.executable`` pointed at a host wrapper script, see :meth:`Arm64Python.wrapper`)
+
+which registers at a host tracker exactly like a Raspberry Pi would; ``load_rpc`` uploads an
+``rpi4``/``rpi5`` ``model.so`` to it and runs it (timings are emulation timings: meaningless).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from adntn_export.tvm_backend.device_runtime import cache_dir
+
+#: Build script for the emulated interpreter (see the module docstring).
+BUILD_SCRIPT = (
+    Path(__file__).resolve().parents[2] / "runtimes" / "tvm_runner" / ("build_arm64_python.sh")
+)
+QEMU = "qemu-aarch64-static"
+
+
+@dataclass(frozen=True)
+class Arm64Python:
+    """Paths of the emulated aarch64 Python."""
+
+    root: Path
+    rootfs: Path
+    site: Path
+    qemu: str
+
+    def command(self, *args: str) -> list[str]:
+        """Command line running ``python3.11 *args`` under qemu-user."""
+        return [self.qemu, "-L", str(self.rootfs), str(self.rootfs / "usr/bin/python3.11"), *args]
+
+    def wrapper(self) -> Path:
+        """A host shell script running the emulated python (what ``sys.executable`` must be).
+
+        TVM's RPC server runs each session in a ``PopenWorker``, i.e. it executes
+        ``sys.executable``; under qemu-user without binfmt_misc an aarch64 binary cannot be
+        exec'd directly, but a script with a host shebang can (the host kernel reads the
+        shebang; the path lies outside the rootfs, so qemu's ``-L`` does not redirect it).
+        """
+        path = self.root / "python3.11-qemu"
+        text = "#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in self.command()) + ' "$@"\n'
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            path.chmod(0o755)
+        return path
+
+    def server_command(self, *server_args: str) -> list[str]:
+        """``python -m tvm.exec.rpc_server *server_args`` with ``sys.executable`` patched."""
+        code = (
+            f"import runpy, sys; sys.executable = {str(self.wrapper())!r}; "
+            f"sys.argv = ['rpc_server'] + {list(server_args)!r}; "
+            "runpy.run_module('tvm.exec.rpc_server', run_name='__main__')"
+        )
+        return self.command("-c", code)
+
+    def env(self) -> dict[str, str]:
+        """Environment for that command (runtime-only TVM, the aarch64 site-packages)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env.update(
+            TVM_USE_RUNTIME_LIB="1",
+            PYTHONPATH=str(self.site),
+            PYTHONNOUSERSITE="1",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        return env
+
+
+def arm64_python_dir() -> Path:
+    """``<cache>/arm64-python`` (may not exist)."""
+    return cache_dir() / "arm64-python"
+
+
+def find_arm64_python() -> tuple[Arm64Python | None, str]:
+    """``(python, "")`` when the emulated interpreter is ready, else ``(None, reason)``."""
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return None, f"{QEMU} not installed (Debian package qemu-user-static)"
+    root = arm64_python_dir()
+    if not (root / "READY").exists():
+        return None, (
+            f"no emulated aarch64 Python under {root}: build it with "
+            f"{BUILD_SCRIPT} (needs debootstrap and network access, a few minutes)"
+        )
+    py = Arm64Python(root, root / "rootfs", root / "site-packages", qemu)
+    if not (py.rootfs / "usr/bin/python3.11").exists() or not (py.site / "tvm").is_dir():
+        return None, f"{root} is incomplete: rerun {BUILD_SCRIPT}"
+    return py, ""
+
+
+class EmulatedServer:
+    """A ``tvm.exec.rpc_server`` process under qemu-aarch64 (``terminate()`` to stop it)."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+    def terminate(self) -> None:
+        """Stop the server process (only the process this object started)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_emulated_server(
+    tracker_port: int,
+    key: str,
+    *,
+    port: int = 9400,
+    port_end: int = 9499,
+    wait: float = 300.0,
+    log: str | os.PathLike[str] | None = None,
+) -> EmulatedServer:
+    """Start the emulated aarch64 RPC server registered under ``key`` at 127.0.0.1:tracker_port.
+
+    Waits (up to ``wait`` s: ``import tvm`` under emulation takes a while) until the tracker
+    lists ``key``. Raises ``RuntimeError`` with the reason (and the server's log) otherwise.
+    """
+    from adntn_export.tvm_backend.rpc import check_tracker
+
+    py, reason = find_arm64_python()
+    if py is None:
+        raise RuntimeError(reason)
+    log_path = Path(log) if log else arm64_python_dir() / "rpc_server.log"
+    args = py.server_command(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--port-end",
+        str(port_end),
+        "--tracker",
+        f"127.0.0.1:{tracker_port}",
+        "--key",
+        key,
+    )
+    with log_path.open("w") as fh:
+        proc = subprocess.Popen(
+            args, env=py.env(), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = EmulatedServer(proc, port, log_path)
+    deadline = time.time() + wait
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"emulated rpc_server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            check_tracker(f"127.0.0.1:{tracker_port}", key, timeout=2.0)
+            return server
+        except RuntimeError:
+            if time.time() > deadline:
+                server.terminate()
+                raise RuntimeError(
+                    f"emulated rpc_server did not register within {wait:.0f} s:\n"
+                    f"{log_path.read_text()[-3000:]}"
+                ) from None
+            time.sleep(1.0)
