@@ -30,6 +30,8 @@ class FitResult:
     seconds: float
     activation_error: float | None = None
     history: list[float] = field(default_factory=list)
+    #: Set by :func:`adntn_export.compress.compress` when it threw the fit away.
+    discarded: bool = False
 
     def __float__(self) -> float:
         return self.relative_error

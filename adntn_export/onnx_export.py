@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -258,6 +259,19 @@ def _check_mode(mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
             )
 
 
+@contextlib.contextmanager
+def _quiet_registry() -> Iterator[None]:
+    """Silence the exporter's "torchvision is not installed, skipping torchvision::nms"
+    warnings: adntn never uses torchvision ops, so they only confuse users."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx_model(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -288,7 +302,7 @@ def export_onnx_model(
     if dynamic_batch and x.dim() and x.shape[0] == 1:
         x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specialises size-1 dims
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch and x.dim() else None
-    with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad():
+    with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad(), _quiet_registry():
         program = torch.onnx.export(
             root,
             (x,),

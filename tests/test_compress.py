@@ -141,3 +141,22 @@ def test_conv_layers_fit_with_calibration():
     assert set(model.adntn_fit_report) == {"features.0", "features.3"}
     assert all(r.activation_error is not None for r in model.adntn_fit_report.values())
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_useless_fit_is_discarded_and_reported():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(256, 128))  # random weight: nothing for 60 cores to capture
+    model = compress(dense, layers=["0"], bond_dim=2, num_sites=4, fit_steps=20)
+    fit = model.adntn_fit_report["0"]
+    assert fit.relative_error > 0.9 and fit.discarded
+    std = float(model[0].dense_weight().std())
+    assert std == pytest.approx(1 / (3 * 256) ** 0.5, rel=0.05)  # back to the init scale
+    kept = compress(
+        nn.Sequential(nn.Linear(256, 128)),
+        layers=["0"],
+        bond_dim=2,
+        num_sites=4,
+        fit_steps=20,
+        discard_fit_above=2.0,
+    )
+    assert not kept.adntn_fit_report["0"].discarded

@@ -2,10 +2,11 @@
 
 No network, no data directory: the 3,000/1,000-image Fashion-MNIST subset ships in
 ``adntn_models``. The demo trains the dense small CNN, compresses its big layer
-(fc1, 3136 -> 128) into an ADNTN (layer-wise fit, then end-to-end fine-tuning with
-distillation from the dense model), prints both test accuracies and the compression
-table, saves both models, and, when the ONNX exporter and onnxruntime are available,
-exports the ADNTN model to ONNX and checks it against torch under onnxruntime.
+(fc1, 3136 -> 128) into an ADNTN (layer-wise fit, kept only if it captures the dense
+weight, then fine-tuning with distillation from the dense model), prints both test
+accuracies and the compression table, saves both models, and, when the ONNX exporter
+and onnxruntime are available, exports the ADNTN model to ONNX and checks it against
+torch under onnxruntime.
 """
 
 from __future__ import annotations
@@ -97,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
         student, calibration=calib, fit_steps=60 if quick else 300, verbose=True, **DEMO_COMPRESSION
     )
     acc_fit = evaluate(student, test_ds)[1]
-    console.print(f"after the layer-wise fit (before fine-tuning): test accuracy {acc_fit:.4f}")
+    if any(r.discarded for r in student.adntn_fit_report.values()):
+        console.print(
+            f"the layer-wise fit could not reproduce the dense weight at this ratio and was "
+            f"discarded (compress(discard_fit_above=0.9)): the layer starts from its "
+            f"Kaiming-scale initialisation; test accuracy before fine-tuning {acc_fit:.4f}"
+        )
+    else:
+        console.print(f"after the layer-wise fit (before fine-tuning): test accuracy {acc_fit:.4f}")
     # Phase 1: the new cores (and fc2) learn against frozen conv features, so a freshly
     # fitted fc1 cannot wreck the trunk; phase 2: everything, end to end.
     for p in student.features.parameters():
