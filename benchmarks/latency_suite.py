@@ -45,8 +45,9 @@ def bond_dims() -> dict[str, int]:
         try:
             data = json.loads(path.read_text())
             for n in NETWORKS:
-                if isinstance(data.get("bond_dim", {}), dict) and n in data["bond_dim"]:
-                    out[n] = int(data["bond_dim"][n])
+                chosen = data.get("bond_dim")
+                if isinstance(chosen, dict) and n in chosen:
+                    out[n] = int(chosen[n])
         except (ValueError, TypeError):
             pass
     return out
