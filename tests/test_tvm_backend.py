@@ -210,6 +210,23 @@ def test_rpc_deploy_and_run_via_tracker(cores, x64, tmp_path):
         model = tr.load_rpc(tmp_path, tracker=local.tracker_address, key="adntn-test")
         np.testing.assert_allclose(model.run([x64])[0], _ref(cores, x64), atol=1e-5)
         assert model.bench([x64], runs=5).runs == 5
+        del model  # the server serves one session at a time
+        from adntn_runtime.bench import bench_model, validate_result
+
+        data = bench_model(
+            tmp_path,
+            runtime="tvm",
+            rpc_tracker=local.tracker_address,
+            rpc_key="adntn-test",
+            warmup=1,
+            runs=3,
+        )
+        validate_result(data)
+        (result,) = data["results"]
+        assert result["ok"], result.get("error")
+        assert result["latency_ms"]["p50"] > 0
+        with pytest.raises(ValueError, match="both rpc_tracker"):
+            bench_model(tmp_path, runtime="tvm", rpc_tracker=local.tracker_address)
 
 
 # ----------------------------------------------------------------------------- tuning

@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="default fused,materialize,regenerate,auto",
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    p.add_argument(
+        "--rpc-tracker", metavar="HOST:PORT", help="tvm: run on a device from this tracker"
+    )
+    p.add_argument(
+        "--rpc-key", metavar="KEY", help="tvm: the device key on the tracker (e.g. rpi4)"
+    )
     p.add_argument("--runs", type=int, default=50, help="timed calls per config (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up calls (default 5)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds (default 1)")
@@ -147,6 +153,8 @@ def _handler(args: argparse.Namespace) -> int:
         runs=args.runs,
         repeats=args.repeats,
         max_seconds=args.max_seconds,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
         progress=lambda line: print(f"  {line}", flush=True),
     )
     _table(data)

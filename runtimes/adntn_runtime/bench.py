@@ -109,6 +109,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         import tvm  # noqa: F401  (imports first: the baseline is a loaded, empty runtime)
 
         from adntn_export.tvm_backend.run import load as tvm_load
+        from adntn_export.tvm_backend.run import load_rpc
     else:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -119,7 +120,13 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"layers": {}}
     t0 = time.perf_counter()
     if spec["runtime"] == "tvm":
-        model = tvm_load(spec["path"])
+        if spec.get("rpc_tracker"):
+            # The module runs on the device the tracker hands out; latency is the device's,
+            # memory figures stay those of this (host) process.
+            model = load_rpc(spec["path"], tracker=spec["rpc_tracker"], key=spec["rpc_key"])
+            out["device"] = f"rpc:{spec['rpc_key']}@{spec['rpc_tracker']}"
+        else:
+            model = tvm_load(spec["path"])
         out["load_s"] = time.perf_counter() - t0
         rng = np.random.default_rng(0)
         inputs = [rng.standard_normal(t.shape).astype(t.dtype) for t in model.manifest.inputs]
@@ -249,6 +256,8 @@ def bench_model(
     max_seconds: float = 10.0,
     repeats: int = 1,
     einsum: bool | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
     timeout: float = 900.0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -263,6 +272,9 @@ def bench_model(
         warmup, runs, max_seconds: per child: warm-up calls, timed calls, time box.
         repeats: interleaved rounds over all configurations.
         einsum: passed to :func:`adntn_runtime.load` (None: the runtime's choice).
+        rpc_tracker, rpc_key: with ``runtime="tvm"``, run on a device requested from a TVM
+            RPC tracker (``HOST:PORT``) under this key instead of on the host; the OUTDIR
+            must have been compiled for that device's target. Memory is then the host's.
         timeout: seconds per child.
         progress: called with a line of text per finished child.
     """
@@ -299,7 +311,15 @@ def bench_model(
         so = path / "model.so"
         model_bytes = so.stat().st_size if so.exists() else 0
         sha = hashlib.sha256(so.read_bytes()).hexdigest() if so.exists() else ""
-        configs.append(("tvm", 0, {**common, "config": "tvm", "path": str(path), "batch": 1}))
+        if (rpc_tracker is None) != (rpc_key is None):
+            raise ValueError("give both rpc_tracker (HOST:PORT) and rpc_key, or neither")
+        spec = {**common, "config": "tvm", "path": str(path), "batch": 1}
+        if rpc_tracker is not None:
+            from adntn_export.tvm_backend.rpc import check_tracker
+
+            check_tracker(rpc_tracker, rpc_key)  # fail here, clearly, not in every child
+            spec.update(rpc_tracker=rpc_tracker, rpc_key=rpc_key)
+        configs.append(("tvm", 0, spec))
         file_sizes = {"tvm": model_bytes}
     else:
         import onnx
