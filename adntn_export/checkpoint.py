@@ -22,11 +22,9 @@ the state dict is loaded strictly. Files are written atomically (temporary file 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import torch
 from torch import nn
 
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
+from adntn_runtime.files import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "load_model", "save_model"]
 
@@ -213,16 +212,8 @@ def save_model(
         "example_input_shape": shape,
     }
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target) as f:
+        torch.save(state, f)
     return target
 
 

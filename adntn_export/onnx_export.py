@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from torch import nn
 
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
 from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.files import atomic_write
 from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
 
 __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
@@ -451,29 +451,16 @@ def export_onnx(
         raise PermissionError(
             f"cannot write {str(target)!r}: directory {str(parent)!r} is not writable"
         )
-    try:  # create the temporary file first: an unwritable place fails before the export
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise PermissionError(
-            f"cannot write {str(target)!r}: directory {str(parent)!r} is not writable "
-            f"({exc.strerror or exc})"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            proto = export_onnx_model(
-                model,
-                example_input,
-                mode=mode,
-                opset=opset,
-                dynamic_batch=dynamic_batch,
-                einsum=einsum,
-                native_gelu=native_gelu,
-                tile_rows=tile_rows,
-            )
-            f.write(proto.SerializeToString())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target) as f:  # the temporary file exists before the export runs
+        proto = export_onnx_model(
+            model,
+            example_input,
+            mode=mode,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            einsum=einsum,
+            native_gelu=native_gelu,
+            tile_rows=tile_rows,
+        )
+        f.write(proto.SerializeToString())
     return target
