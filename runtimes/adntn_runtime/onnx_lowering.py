@@ -910,13 +910,33 @@ def placeholder_layers(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (or replace) one ``metadata_props`` entry of ``model``."""
     for entry in model.metadata_props:
         if entry.key == key:
             entry.value = value
             return
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
+
+
+def record_layer_metadata(
+    model: onnx.ModelProto, spec: LayerSpec, mode: str, *, einsum: bool, **extra: Any
+) -> None:
+    """Record how a layer was lowered (``adntn.layer.{name}``: kind, mode, network, bond
+    dims, shape, compression ratio, einsum, plus ``extra``) in the model's metadata."""
+    plan = spec.plan
+    info = {
+        "kind": spec.kind,
+        "mode": mode,
+        "network": plan.network,
+        "bond_dims": list(plan.bond_dims),
+        "shape": [plan.out_features, plan.in_features],
+        "compression_ratio": round(plan.compression_ratio, 3),
+        "einsum": einsum,
+        **extra,
+    }
+    set_metadata(model, f"adntn.layer.{spec.prefix}", json.dumps(info, sort_keys=True))
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -999,23 +1019,7 @@ def lower_model(
         new_nodes.extend(lowered.nodes)
         new_inits.extend(lowered.initializers)
         needs_no_folding |= lowered.needs_no_constant_folding
-        plan = spec.plan
-        _set_metadata(
-            out,
-            f"adntn.layer.{spec.prefix}",
-            json.dumps(
-                {
-                    "kind": spec.kind,
-                    "mode": mode,
-                    "network": plan.network,
-                    "bond_dims": list(plan.bond_dims),
-                    "shape": [plan.out_features, plan.in_features],
-                    "compression_ratio": round(plan.compression_ratio, 3),
-                    "einsum": bool(einsum),
-                },
-                sort_keys=True,
-            ),
-        )
+        record_layer_metadata(out, spec, mode, einsum=bool(einsum))
     still_used = {name for n in new_nodes for name in n.input}
     kept = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
     del graph.node[:]
@@ -1027,7 +1031,7 @@ def lower_model(
         del out.opset_import[:]
         out.opset_import.extend(keep)
     if needs_no_folding:
-        _set_metadata(out, SESSION_OPTIONS_KEY, json.dumps(NO_FOLDING_SESSION_OPTIONS))
+        set_metadata(out, SESSION_OPTIONS_KEY, json.dumps(NO_FOLDING_SESSION_OPTIONS))
     out.ir_version = IR_VERSION
     return out
 

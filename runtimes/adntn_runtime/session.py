@@ -130,15 +130,6 @@ def _meta(node: onnx.NodeProto, key: str) -> str | None:
     return None
 
 
-def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    for entry in model.metadata_props:
-        if entry.key == key:
-            entry.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
 def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
     t = onnx.TensorProto()
     t.name = name
@@ -280,23 +271,8 @@ def lower_for_runtime(
                 fused_layers.add(spec.prefix)
         new_nodes.extend(nodes)
         new_inits.extend(extra)
-        plan = spec.plan
-        _set_metadata(
-            out,
-            f"adntn.layer.{spec.prefix}",
-            json.dumps(
-                {
-                    "kind": spec.kind,
-                    "mode": mode,
-                    "network": plan.network,
-                    "bond_dims": list(plan.bond_dims),
-                    "shape": [plan.out_features, plan.in_features],
-                    "compression_ratio": round(plan.compression_ratio, 3),
-                    "einsum": use_einsum,
-                    "lowered_by": "adntn_runtime",
-                },
-                sort_keys=True,
-            ),
+        lowering.record_layer_metadata(
+            out, spec, mode, einsum=use_einsum, lowered_by="adntn_runtime"
         )
     used = {name for n in new_nodes for name in n.input}
     kept = [t for t in list(graph.initializer) + new_inits if t.name in used]
@@ -311,7 +287,7 @@ def lower_for_runtime(
     if fused_layers:
         _precompute_constants(out, fused_layers)
     if needs_no_folding:
-        _set_metadata(
+        lowering.set_metadata(
             out, lowering.SESSION_OPTIONS_KEY, json.dumps(lowering.NO_FOLDING_SESSION_OPTIONS)
         )
     return out, externals, needs_no_folding
