@@ -210,16 +210,26 @@ def test_rpc_deploy_and_run_via_tracker(cores, x64, tmp_path):
         model = tr.load_rpc(tmp_path, tracker=local.tracker_address, key="adntn-test")
         np.testing.assert_allclose(model.run([x64])[0], _ref(cores, x64), atol=1e-5)
         assert model.bench([x64], runs=5).runs == 5
-        del model  # the server serves one session at a time
-        from adntn_runtime.bench import bench_model, validate_result
 
+
+def test_bench_over_rpc(cores, tmp_path):
+    """`adntn bench --runtime tvm --rpc-tracker`: the child process runs the artefact on a
+    device from the tracker (its own tracker and server: one session at a time each)."""
+    pytest.importorskip("tornado")
+    pytest.importorskip("psutil")
+    from adntn_export.tvm_backend import rpc
+    from adntn_runtime.bench import bench_model, validate_result
+
+    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    with rpc.start_local_rpc("adntn-bench") as local:
         data = bench_model(
             tmp_path,
             runtime="tvm",
             rpc_tracker=local.tracker_address,
-            rpc_key="adntn-test",
+            rpc_key="adntn-bench",
             warmup=1,
             runs=3,
+            timeout=120,
         )
         validate_result(data)
         (result,) = data["results"]
