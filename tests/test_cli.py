@@ -45,3 +45,12 @@ def test_report_verb_prints_plan(capsys: pytest.CaptureFixture[str]) -> None:
 def test_report_verb_bad_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--shape", "40x", "--network", "ttn"]) == 2
     assert "--shape must look like OUTxIN" in capsys.readouterr().err
+
+
+def test_package_level_api() -> None:
+    import adntn_export
+
+    assert callable(adntn_export.compress)
+    assert adntn_export.export_onnx.__module__ == "adntn_export.onnx_export"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        adntn_export.nope  # noqa: B018
