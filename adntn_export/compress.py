@@ -257,6 +257,24 @@ def _match_norm(layer: ADNTNLayer, dense_weight: torch.Tensor) -> None:
         gen.clear_cache()
 
 
+def _unfitted_layer(dense: nn.Linear | nn.Conv2d, **kwargs: Any) -> ADNTNLayer:
+    """An ADNTN layer of ``dense``'s shape with fresh (Kaiming-scale) cores."""
+    kwargs.setdefault("bias", "dense" if dense.bias is not None else "none")
+    factory = {"dtype": dense.weight.dtype, "device": dense.weight.device}
+    if isinstance(dense, nn.Linear):
+        return ADNTNLinear(dense.in_features, dense.out_features, **factory, **kwargs)
+    return ADNTNConv2d(
+        dense.in_channels,
+        dense.out_channels,
+        dense.kernel_size,
+        stride=dense.stride,
+        padding=dense.padding,  # type: ignore[arg-type]
+        dilation=dense.dilation,
+        **factory,
+        **kwargs,
+    )
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -350,55 +368,26 @@ def compress(
         act_w = float(kwargs.pop("activation_weight", activation_weight))
         dense = modules[name]
         new: ADNTNLayer
-        if isinstance(dense, nn.Linear):
-            if fit:
-                new, result = ADNTNLinear.from_linear(
-                    dense,
-                    steps=steps,
-                    lr=lr,
-                    calibration=inputs.get(name),
-                    activation_weight=act_w,
-                    **kwargs,
-                )
-                report[name] = result
-            else:
-                kwargs.setdefault("bias", "dense" if dense.bias is not None else "none")
-                new = ADNTNLinear(
-                    dense.in_features,
-                    dense.out_features,
-                    dtype=dense.weight.dtype,
-                    device=dense.weight.device,
-                    **kwargs,
-                )
+        if fit:
+            from_dense = (
+                ADNTNLinear.from_linear if isinstance(dense, nn.Linear) else ADNTNConv2d.from_conv
+            )
+            new, report[name] = from_dense(
+                dense,
+                steps=steps,
+                lr=lr,
+                calibration=inputs.get(name),
+                activation_weight=act_w,
+                **kwargs,
+            )
         else:
-            if fit:
-                new, result = ADNTNConv2d.from_conv(
-                    dense,
-                    steps=steps,
-                    lr=lr,
-                    calibration=inputs.get(name),
-                    activation_weight=act_w,
-                    **kwargs,
-                )
-                report[name] = result
-            else:
-                kwargs.setdefault("bias", "dense" if dense.bias is not None else "none")
-                new = ADNTNConv2d(
-                    dense.in_channels,
-                    dense.out_channels,
-                    dense.kernel_size,
-                    stride=dense.stride,
-                    padding=dense.padding,  # type: ignore[arg-type]
-                    dilation=dense.dilation,
-                    dtype=dense.weight.dtype,
-                    device=dense.weight.device,
-                    **kwargs,
-                )
-        result = report.get(name)
+            new = _unfitted_layer(dense, **kwargs)
+        result = report[name] if fit else None  # only this call's fit
         if result is not None and result.relative_error >= discard_fit_above:
             # The fit captured nothing (typical at >500x on a trained weight): its cores are
-            # noise at the dense scale, which measurably hurts the fine-tuning that follows
-            # (demo: 0.68 vs 0.81 test accuracy). Start from the Kaiming-scale init instead.
+            # noise at the dense scale, which hurts the fine-tuning that follows (run `adntn
+            # demo` with discard_fit_above=1.0 in DEMO_COMPRESSION to see it). Start from the
+            # Kaiming-scale init instead.
             with torch.no_grad():
                 new.weight_generator.reset_parameters()
             result.discarded = True
