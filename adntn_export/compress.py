@@ -128,8 +128,13 @@ def compressible_layers(model: nn.Module) -> list[str]:
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:
-    fc = getattr(model, "fc_layers", None)
-    return dict(fc) if isinstance(fc, Mapping) else {}
+    """Layer aliases the model declares: ``model.fc_layers`` and ``model.conv_layers``."""
+    alias: dict[str, str] = {}
+    for attr in ("fc_layers", "conv_layers"):
+        table = getattr(model, attr, None)
+        if isinstance(table, Mapping):
+            alias.update(table)
+    return alias
 
 
 def _candidates_text(model: nn.Module) -> str:
@@ -146,7 +151,8 @@ def resolve_layers(
 ) -> dict[str, dict[str, Any]]:
     """Map a layer selection to ``{module name: per-layer overrides}``, in model order.
 
-    Entries are dotted module names, aliases from ``model.fc_layers`` (``"fc7"``) or
+    Entries are dotted module names, aliases from ``model.fc_layers`` (``"fc7"``) and
+    ``model.conv_layers`` (``"conv5_3"``), or
     :mod:`fnmatch` patterns matched against the Linear/Conv2d names (and aliases).
     ``None`` selects every ``nn.Linear``. A mapping gives per-entry overrides; where
     entries overlap, later entries override earlier ones key by key.

@@ -10,6 +10,12 @@
 
 Results computed without autograd are cached and invalidated whenever a core
 changes (in-place optimiser updates, ``load_state_dict``, ``.to()``).
+
+Under ``torch.autocast`` the weight (and the fused mode's x-independent factors) is still
+generated in the cores' own precision: the generator is tiny, and low-precision rounding
+compounded level by level through the nonlinearities would change the weight itself. Only
+the product with the input (``x @ W.T``, the convolution, the fused contraction of ``x``)
+runs in the autocast precision, as it would for a dense layer.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ def run_schedule(schedule: Schedule, values: Mapping[str, torch.Tensor]) -> torc
     env = dict(values)
     _execute(schedule.steps, env)
     return env[schedule.output]
+
+
+def _generation_precision(cores: Mapping[str, torch.Tensor]) -> torch.autocast:
+    """A context that turns autocast off, so the weight is generated in the cores' dtype."""
+    device = next(iter(cores.values())).device.type
+    return torch.autocast(device_type=device, enabled=False)
 
 
 class WeightGenerator(nn.Module):
@@ -174,7 +186,9 @@ class WeightGenerator(nn.Module):
 
     def _weight(self) -> torch.Tensor:
         plan = self.plan
-        w = run_schedule(plan.schedule("materialize"), dict(self.cores.items()))
+        cores = dict(self.cores.items())
+        with _generation_precision(cores):
+            w = run_schedule(plan.schedule("materialize"), cores)
         return w.reshape(plan.rows_padded, plan.cols_padded)[
             : plan.out_features, : plan.in_features
         ]
@@ -202,7 +216,8 @@ class WeightGenerator(nn.Module):
                 if s.uses_input
                 for n in (s.inputs if isinstance(s, Contract) else (s.input,))
             }
-            _execute((step for step in sch.steps if not step.uses_input), env)
+            with _generation_precision(self.cores):
+                _execute((step for step in sch.steps if not step.uses_input), env)
             return {k: v for k, v in env.items() if k in consumed and k not in self.cores}
 
         return self._cached(f"fused:{batch}", compute)
@@ -251,7 +266,8 @@ def _tile_weight(
     values = dict(cores)
     for leaf, start, stop in tile.slices:
         values[leaf] = cores[leaf][start:stop]
-    w = run_schedule(sch, values).reshape(tile.row_stop - tile.row_start, plan.cols_padded)
+    with _generation_precision(cores):
+        w = run_schedule(sch, values).reshape(tile.row_stop - tile.row_start, plan.cols_padded)
     stop = min(tile.row_stop, plan.out_features)
     return w[: stop - tile.row_start, : plan.in_features]
 

@@ -320,7 +320,7 @@ class ADNTNLinear(ADNTNLayer):
         y = self._matmul(x.reshape(-1, self.in_features))
         bias = self.get_bias()
         if bias is not None:
-            y = y + bias
+            y = y + bias.to(y.dtype)  # as nn.Linear under autocast
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -484,7 +484,7 @@ class ADNTNConv2d(ADNTNLayer):
             y = gen.fused_matmul(patches).reshape(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)
         bias = self.get_bias()
         if bias is not None:
-            y = y + bias.reshape(1, -1, 1, 1)
+            y = y + bias.to(y.dtype).reshape(1, -1, 1, 1)
         return y
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@ from torch import nn
 
 from adntn_export import ADNTNConv2d, ADNTNLinear, compression_report
 from adntn_export.compress import compress, list_recipes, load_recipe, resolve_layers
-from adntn_models import alexnet32, mlp, small_cnn
+from adntn_models import alexnet32, get_model, mlp, small_cnn, vgg16_32
 
 
 def _kinds(model: nn.Module) -> dict[str, str]:
@@ -51,6 +51,11 @@ def test_aliases_glob_and_default():
     other = mlp()
     compress(other, bond_dim=2, fit=False)
     assert set(_kinds(other).values()) == {"ADNTNLinear"}
+    # conv aliases of the zoo models, alone and in patterns
+    vgg = vgg16_32()
+    compress(vgg, layers=["conv5_3", "conv4_*"], bond_dim=2, fit=False)
+    replaced = {n for n, k in _kinds(vgg).items() if k == "ADNTNConv2d"}
+    assert replaced == {vgg.conv_layers[c] for c in ("conv5_3", "conv4_1", "conv4_2", "conv4_3")}
 
 
 def test_per_layer_overrides_and_kwargs():
@@ -109,17 +114,44 @@ def test_recipes_load_and_apply():
     ):
         assert expected in names
     recipe = load_recipe("alexnet32_ttn")
-    assert recipe["model"] == "alexnet32" and set(recipe["layers"]) == {"fc6", "fc7", "fc8"}
+    assert recipe["model"] == "alexnet32"
+    assert set(recipe["layers"]) == {"conv5", "fc6", "fc7", "fc8"}
     model = compress(alexnet32(), recipe="alexnet32_ttn", fit=False)
     report = {r.name: r for r in compression_report(model).layers}
-    assert set(report) == {"classifier.1", "classifier.4", "classifier.6"}
+    assert set(report) == {
+        "features.10",
+        "classifier.1",
+        "classifier.4",
+        "classifier.6",
+    }
     assert report["classifier.4"].ratio >= 50_000
     assert report["classifier.1"].ratio >= 10_000
     assert report["classifier.6"].ratio >= 100
+    assert report["features.10"].ratio >= 100
     assert all(r.bias == "generated" for r in report.values())
     # explicit arguments override the recipe's defaults
     model = compress(mlp(), recipe="alexnet32_ttn", layers=["fc2"], network="attn", fit=False)
     assert model.layers[3].plan.network == "attn" and model.layers[3].bias_kind == "generated"
+
+
+@pytest.mark.parametrize("name", ["alexnet32", "vgg16_32"])
+@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+def test_benchmark_recipes_meet_the_ratio_targets(name, network):
+    """The compression table's recipes: fc7 >= 50,000x, fc8 >= 100x, every conv >= 100x and
+    fc6 >= 10,000x, counting every stored number; the one documented miss is VGG-16-32's
+    512->4096 fc6 under aTTN/MERA (disentanglers alone cost more than its 210-number budget
+    leaves: measured ~8,000x)."""
+    model = get_model(name)
+    compress(model, recipe=f"{name}_{network}", fit=False)
+    aliases = {path: a for a, path in {**model.conv_layers, **model.fc_layers}.items()}
+    ratios = {aliases[r.name]: r.ratio for r in compression_report(model).layers}
+    assert ratios["fc7"] >= 50_000 and ratios["fc8"] >= 100
+    convs = [a for a in ratios if a.startswith("conv")]
+    assert convs and all(ratios[c] >= 100 for c in convs)
+    if name == "vgg16_32" and network != "ttn":
+        assert 7_500 <= ratios["fc6"] < 10_000
+    else:
+        assert ratios["fc6"] >= 10_000
 
 
 def test_unknown_recipe():

@@ -69,7 +69,8 @@ def test_compress_verb_writes_report(tmp_path, capsys):
     path = tmp_path / "r.json"
     assert main(["compress", "alexnet32", "--recipe", "alexnet32_ttn", "--out", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert report["total_ratio"] > 10_000 and len(report["layers"]) == 3
+    # the recipe compresses conv5 (294x) and fc6-fc8 (165x-78,053x): 9,946x over the four
+    assert report["total_ratio"] > 9_000 and len(report["layers"]) == 4
 
 
 def test_train_verb_dense_then_adntn(tmp_path, capsys):

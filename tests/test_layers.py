@@ -340,3 +340,29 @@ def test_final_activation_materialize_and_regenerate_agree():
         a = layer(x)
         layer.mode = "regenerate"
         assert rel(layer(x), a) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["materialize", "regenerate", "fused"])
+def test_autocast_generates_the_weight_in_float32(mode):
+    """Under bf16 autocast only the product with the input is bf16: the generated weight is
+    bit-identical to the float32 one, and gradients still reach every core in float32."""
+    torch.manual_seed(0)
+    layer = ADNTNLinear(64, 48, network="attn", bond_dim=3, bias="generated", mode=mode)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        w32 = layer.weight_generator._weight()
+        tiles32 = torch.cat([t for _, _, t in layer.weight_generator.weight_tiles()])
+        ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w_amp = layer.weight_generator._weight()
+        y = layer(x)
+        tiles = torch.cat([t for _, _, t in layer.weight_generator.weight_tiles()])
+    assert w_amp.dtype == torch.float32 and torch.equal(w_amp, w32)
+    assert tiles.dtype == torch.float32 and torch.equal(tiles, tiles32)
+    assert y.dtype == torch.bfloat16
+    # bf16 has 8 significant bits: the product is close, not equal
+    assert torch.allclose(y.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    y.float().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

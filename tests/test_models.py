@@ -185,3 +185,19 @@ def test_registry_unknown_name():
         am.get_model("resnet50")
     with pytest.raises(ValueError, match="small_cnn"):
         am.get_model("VGG16")
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_conv_layer_aliases_name_every_conv_in_order(batch_norm):
+    vgg = am.vgg16_32(batch_norm=batch_norm)
+    convs = [n for n, m in vgg.named_modules() if isinstance(m, nn.Conv2d)]
+    blocks = [2, 2, 3, 3, 3]
+    names = [f"conv{b}_{i}" for b, n in enumerate(blocks, 1) for i in range(1, n + 1)]
+    assert list(vgg.conv_layers) == names
+    assert list(vgg.conv_layers.values()) == convs
+    assert vgg.get_submodule(vgg.conv_layers["conv5_3"]).weight.shape == (512, 512, 3, 3)
+    for factory in (am.alexnet, am.alexnet32):
+        model = factory()
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        assert list(model.conv_layers) == [f"conv{i}" for i in range(1, 6)]
+        assert list(model.conv_layers.values()) == convs == list(am.ALEXNET_CONV_LAYERS.values())

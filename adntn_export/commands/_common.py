@@ -18,7 +18,10 @@ def add_compress_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--layers",
         nargs="+",
-        help="layer names, fc aliases (fc6) or glob patterns (classifier.*); default: all Linear",
+        help=(
+            "layer names, zoo aliases (fc6, conv5, conv5_3) or glob patterns (classifier.*); "
+            "default: all Linear"
+        ),
     )
     g.add_argument("--network", choices=("ttn", "attn", "mera"), help="default ttn")
     g.add_argument("--bond-dim", type=int, help="bond dimension (default 4)")

@@ -1,5 +1,6 @@
 """adntn_models: the model zoo (AlexNet, VGG-16, small demo nets) and the data they train on."""
 
+from .alexnet import CONV_LAYERS as ALEXNET_CONV_LAYERS
 from .alexnet import FC_LAYERS as ALEXNET_FC_LAYERS
 from .alexnet import AlexNet, alexnet, alexnet32, alexnet_fc_shapes
 from .datasets import (
@@ -18,6 +19,7 @@ from .vgg import FC_LAYERS as VGG16_FC_LAYERS
 from .vgg import VGG, vgg16, vgg16_32, vgg16_fc_shapes
 
 __all__ = [
+    "ALEXNET_CONV_LAYERS",
     "ALEXNET_FC_LAYERS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",

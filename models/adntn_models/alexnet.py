@@ -29,6 +29,9 @@ Fully connected layers, by module name (both variants), as in :data:`FC_LAYERS`:
 * fc6: ``classifier.1``
 * fc7: ``classifier.4``
 * fc8: ``classifier.6``
+
+Convolutions, by module name, as in :data:`CONV_LAYERS`: ``conv1`` ... ``conv5`` are
+``features.0``, ``features.3``, ``features.6``, ``features.8``, ``features.10``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CONV_LAYERS",
     "FC_LAYERS",
     "VARIANTS",
     "AlexNet",
@@ -47,6 +51,15 @@ __all__ = [
 
 #: Name of each fully connected layer -> its module path inside :class:`AlexNet`.
 FC_LAYERS: dict[str, str] = {"fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
+
+#: Name of each convolution -> its module path inside :class:`AlexNet` (both variants).
+CONV_LAYERS: dict[str, str] = {
+    "conv1": "features.0",
+    "conv2": "features.3",
+    "conv3": "features.6",
+    "conv4": "features.8",
+    "conv5": "features.10",
+}
 
 #: Valid ``variant`` values.
 VARIANTS: tuple[str, ...] = ("imagenet", "cifar")
@@ -100,6 +113,7 @@ class AlexNet(nn.Module):
         variant: ``"imagenet"`` or ``"cifar"``.
         input_shape: Expected ``(channels, height, width)`` of one input image.
         fc_layers: Copy of :data:`FC_LAYERS` (fc name -> module path).
+        conv_layers: Copy of :data:`CONV_LAYERS` (conv name -> module path).
     """
 
     FC_LAYERS: dict[str, str] = FC_LAYERS
@@ -133,6 +147,7 @@ class AlexNet(nn.Module):
         self.variant = variant
         self.input_shape: tuple[int, int, int] = (in_channels, side, side)
         self.fc_layers: dict[str, str] = dict(FC_LAYERS)
+        self.conv_layers: dict[str, str] = dict(CONV_LAYERS)
         self.features = _trunk(variant, in_channels)
         self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
         self.classifier = nn.Sequential(

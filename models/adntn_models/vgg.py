@@ -29,6 +29,9 @@ Fully connected layers, by module name (both variants), as in :data:`FC_LAYERS`:
 * fc6: ``classifier.0``
 * fc7: ``classifier.3``
 * fc8: ``classifier.6``
+
+Convolutions are named ``conv{block}_{index}`` (``conv1_1`` ... ``conv5_3``) in the
+model's ``conv_layers`` (name -> module path; the paths shift with ``batch_norm``).
 """
 
 from __future__ import annotations
@@ -77,20 +80,26 @@ def _check_positive(name: str, value: int) -> int:
     return value
 
 
-def _trunk(in_channels: int, batch_norm: bool) -> nn.Sequential:
+def _trunk(in_channels: int, batch_norm: bool) -> tuple[nn.Sequential, dict[str, str]]:
+    """The conv trunk and its ``conv{block}_{index}`` -> ``features.{i}`` names."""
     layers: list[nn.Module] = []
+    names: dict[str, str] = {}
     channels = in_channels
+    block, index = 1, 0
     for item in VGG16_CONFIG:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            block, index = block + 1, 0
             continue
         assert isinstance(item, int)
+        index += 1
+        names[f"conv{block}_{index}"] = f"features.{len(layers)}"
         layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2d(item))
         layers.append(nn.ReLU(inplace=True))
         channels = item
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers), names
 
 
 class VGG(nn.Module):
@@ -100,6 +109,7 @@ class VGG(nn.Module):
         variant: ``"imagenet"`` or ``"cifar"``.
         input_shape: Expected ``(channels, height, width)`` of one input image.
         fc_layers: Copy of :data:`FC_LAYERS` (fc name -> module path).
+        conv_layers: ``conv1_1`` ... ``conv5_3`` -> module path.
     """
 
     FC_LAYERS: dict[str, str] = FC_LAYERS
@@ -135,7 +145,8 @@ class VGG(nn.Module):
         self.variant = variant
         self.input_shape: tuple[int, int, int] = (in_channels, side, side)
         self.fc_layers: dict[str, str] = dict(FC_LAYERS)
-        self.features = _trunk(in_channels, batch_norm)
+        self.features, conv_layers = _trunk(in_channels, batch_norm)
+        self.conv_layers: dict[str, str] = conv_layers
         self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
         self.classifier = nn.Sequential(
             nn.Linear(_LAST_CHANNELS * pooled * pooled, _HIDDEN),
