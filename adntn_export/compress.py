@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adntn_export.fitting import FitResult
+from adntn_export.fitting import FitResult, capture_layer_inputs
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
 
 __all__ = [
@@ -224,23 +224,7 @@ def _capture_inputs(
 ) -> dict[str, torch.Tensor]:
     """Run ``model`` once on ``calibration`` and keep each named layer's input."""
     modules = dict(model.named_modules())
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-
-        def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], *, _name: str = name) -> None:
-            captured[_name] = inputs[0].detach()
-
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(calibration)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    captured = capture_layer_inputs(model, names, calibration)
     out = {}
     for name, x in captured.items():
         if isinstance(modules[name], nn.Linear):

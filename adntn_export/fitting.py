@@ -9,15 +9,43 @@ actually uses the layer. Adam on every core (and on a generated bias).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from adntn_export.layers import ADNTNLayer
 
-__all__ = ["FitResult", "fit_layer"]
+__all__ = ["FitResult", "capture_layer_inputs", "fit_layer"]
+
+
+def capture_layer_inputs(
+    model: nn.Module, names: Sequence[str], batch: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` once on ``batch`` (eval mode, no autograd) and return the input each named
+    submodule received, detached; the model's train/eval state is restored."""
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+
+        def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], *, _name: str = name) -> None:
+            captured[_name] = inputs[0].detach()
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return captured
 
 
 @dataclass

@@ -70,6 +70,20 @@ def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _conv_output_shape(
+    x: torch.Tensor,
+    out_channels: int,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> tuple[int, int, int, int]:
+    h, w = (
+        _conv_out(x.shape[2 + d], kernel[d], stride[d], padding[d], dilation[d]) for d in (0, 1)
+    )
+    return (x.shape[0], out_channels, h, w)
+
+
 @torch.library.custom_op("adntn_onnx::conv2d_placeholder", mutates_args=())
 def _conv2d_placeholder(
     x: torch.Tensor,
@@ -81,10 +95,7 @@ def _conv2d_placeholder(
     dilation: list[int],
 ) -> torch.Tensor:
     """Stands for an ADNTN convolution during export; eager calls return zeros."""
-    h, w = (
-        _conv_out(x.shape[2 + d], kernel[d], stride[d], padding[d], dilation[d]) for d in (0, 1)
-    )
-    return x.new_zeros(x.shape[0], out_channels, h, w)
+    return x.new_zeros(_conv_output_shape(x, out_channels, kernel, stride, padding, dilation))
 
 
 @_conv2d_placeholder.register_fake
@@ -97,10 +108,7 @@ def _(
     padding: list[int],
     dilation: list[int],
 ) -> torch.Tensor:
-    h, w = (
-        _conv_out(x.shape[2 + d], kernel[d], stride[d], padding[d], dilation[d]) for d in (0, 1)
-    )
-    return x.new_empty(x.shape[0], out_channels, h, w)
+    return x.new_empty(_conv_output_shape(x, out_channels, kernel, stride, padding, dilation))
 
 
 def _register_trace_schema() -> None:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from adntn_export.fitting import capture_layer_inputs
 from adntn_export.layers import ADNTNLayer
 from adntn_runtime.files import atomic_write
 
@@ -336,23 +337,7 @@ def _reconstruction_targets(
             pairs.append((name, mod, t_mods[name]))
     if not pairs:
         return []
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, _, dense in pairs:
-
-        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], *, _n: str = name) -> None:
-            captured[_n] = inputs[0].detach()
-
-        handles.append(dense.register_forward_pre_hook(hook))
-    was = teacher.training
-    teacher.eval()
-    try:
-        with torch.no_grad():
-            teacher(calibration)
-    finally:
-        for h in handles:
-            h.remove()
-        teacher.train(was)
+    captured = capture_layer_inputs(teacher, [name for name, _, _ in pairs], calibration)
     out = []
     for name, layer, dense in pairs:
         x = captured[name]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -39,6 +38,7 @@ from torch import nn
 
 from adntn_export import ADNTNLayer, compression_report
 from adntn_export.compress import compress, load_recipe
+from adntn_export.training import _cosine  # the cosine LR factor adntn train uses
 from adntn_models import as_tensor_dataset, get_model, load_fashion_mnist
 
 HERE = Path(__file__).resolve().parent
@@ -65,12 +65,12 @@ def autocast(amp: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
-def train_dense(model, x, y, *, epochs, bs, lr, seed, amp):
+def run_epochs(model, x, opt, sched, loss_fn, *, epochs, bs, seed, amp, label, every):
+    """The one training loop of this benchmark: seeded shuffles, ``amp`` autocast around the
+    forward pass, ``loss_fn(float32 logits, batch indices)``, a scheduler step per batch."""
     g = torch.Generator().manual_seed(seed)
-    model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * ((len(x) + bs - 1) // bs)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    model.to(memory_format=torch.channels_last)
     model.train()
     step = 0
     for epoch in range(epochs):
@@ -79,15 +79,35 @@ def train_dense(model, x, y, *, epochs, bs, lr, seed, amp):
             idx = perm[i : i + bs]
             with autocast(amp):
                 out = model(x[idx].contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(out.float(), y[idx])
+            loss = loss_fn(out.float(), idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             step += 1
-            if step % 50 == 0:
-                log(f"  dense epoch {epoch} step {step}/{steps} loss {loss.item():.4f}")
+            if step % every == 0:
+                log(f"  {label} epoch {epoch} step {step}/{steps} loss {loss.item():.4f}")
     model.to(memory_format=torch.contiguous_format)
+    model.eval()
+
+
+def train_dense(model, x, y, *, epochs, bs, lr, seed, amp):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * ((len(x) + bs - 1) // bs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    run_epochs(
+        model,
+        x,
+        opt,
+        sched,
+        lambda out, idx: F.cross_entropy(out, y[idx]),
+        epochs=epochs,
+        bs=bs,
+        seed=seed,
+        amp=amp,
+        label="dense training",
+        every=50,
+    )
 
 
 def trained_dense(name, args, x, y):
@@ -160,7 +180,6 @@ def param_groups(model, *, lr, trunk_lr, core_lr):
 
 def finetune(model, x, y, teacher, args, *, label, T=4.0, alpha=0.5):
     """End-to-end fine-tuning, identical for the dense baseline and every ADNTN model."""
-    g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     for m in model.modules():  # no dropout while fine-tuning (same for every row)
         if isinstance(m, nn.Dropout):
@@ -170,36 +189,31 @@ def finetune(model, x, y, teacher, args, *, label, T=4.0, alpha=0.5):
     )
     bs = args.ft_batch_size
     steps = max(1, args.ft_epochs * ((len(x) + bs - 1) // bs))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps, 0.02))
+
+    def loss_fn(out, idx):
+        ce = F.cross_entropy(out, y[idx])
+        kd = F.kl_div(
+            F.log_softmax(out / T, 1),
+            F.log_softmax(teacher[idx] / T, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        return (1 - alpha) * ce + alpha * T * T * kd
+
+    run_epochs(
+        model,
+        x,
+        opt,
+        sched,
+        loss_fn,
+        epochs=args.ft_epochs,
+        bs=bs,
+        seed=args.seed,
+        amp=args.amp,
+        label=f"{label} fine-tuning",
+        every=100,
     )
-    model.to(memory_format=torch.channels_last)
-    model.train()
-    step = 0
-    for epoch in range(args.ft_epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), bs):
-            idx = perm[i : i + bs]
-            with autocast(args.amp):
-                out = model(x[idx].contiguous(memory_format=torch.channels_last))
-            out = out.float()
-            ce = F.cross_entropy(out, y[idx])
-            kd = F.kl_div(
-                F.log_softmax(out / T, 1),
-                F.log_softmax(teacher[idx] / T, 1),
-                log_target=True,
-                reduction="batchmean",
-            )
-            loss = (1 - alpha) * ce + alpha * T * T * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step % 100 == 0:
-                log(f"  {label} fine-tuning epoch {epoch} step {step}/{steps} {loss.item():.4f}")
-    model.to(memory_format=torch.contiguous_format)
-    model.eval()
 
 
 def layer_rows(model, cmodel):
@@ -355,7 +369,8 @@ def write_readme(path, block):
     path.write_text(text)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (``--networks``/``--models`` split into lists and checked)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--models", default="alexnet32,vgg16_32", help="comma-separated: alexnet32, vgg16_32"
@@ -423,17 +438,23 @@ def main(argv=None):
         "--render", action="store_true", help="only rewrite the README table from --out's JSON"
     )
     args = p.parse_args(argv)
-    if args.render:
-        write_readme(args.readme, markdown(json.loads(args.out.read_text())))
-        return 0
     args.networks = [n for n in args.networks.split(",") if n]
     for n in args.networks:
         if n not in ("ttn", "attn", "mera"):
             p.error(f"unknown network {n!r}; valid: ttn, attn, mera")
-    models = [m for m in args.models.split(",") if m]
-    for m in models:
+    args.models = [m for m in args.models.split(",") if m]
+    for m in args.models:
         if m not in ("alexnet32", "vgg16_32"):
             p.error(f"unknown model {m!r}; valid: alexnet32, vgg16_32")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.render:
+        write_readme(args.readme, markdown(json.loads(args.out.read_text())))
+        return 0
+    models = args.models
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     xtr, ytr = load(args.root, "train", None)

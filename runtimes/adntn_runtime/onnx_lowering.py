@@ -848,6 +848,18 @@ def placeholder_node(
     return node, inits
 
 
+def placeholder_param_names(node: onnx.NodeProto) -> dict[str, str]:
+    """Role (``core/leaf0``, ``bias``, ``bias_core/...``) -> input name, for a placeholder node."""
+    attrs = [helper.get_attribute_value(a) for a in node.attribute if a.name == "param_roles"]
+    roles = [r.decode() if isinstance(r, bytes) else r for r in (attrs[0] if attrs else [])]
+    if len(roles) != len(node.input) - 1:
+        raise ValueError(
+            f"placeholder {node.name!r} has {len(node.input) - 1} parameter inputs but "
+            f"{len(roles)} param_roles"
+        )
+    return dict(zip(roles, node.input[1:], strict=True))
+
+
 def spec_from_node(node: onnx.NodeProto, initializers: Mapping[str, np.ndarray]) -> LayerSpec:
     """Rebuild a :class:`LayerSpec` from a placeholder node and the model's initializers."""
     if node.domain != ADNTN_DOMAIN or node.op_type not in _OP_TYPES.values():
@@ -861,14 +873,8 @@ def spec_from_node(node: onnx.NodeProto, initializers: Mapping[str, np.ndarray])
         value = attrs[key]
         return value.decode() if isinstance(value, bytes) else value
 
-    roles = [r.decode() if isinstance(r, bytes) else r for r in attrs["param_roles"]]
-    if len(roles) != len(node.input) - 1:
-        raise ValueError(
-            f"placeholder {node.name!r} has {len(node.input) - 1} parameter inputs but "
-            f"{len(roles)} param_roles"
-        )
     values = {}
-    for role, name in zip(roles, node.input[1:], strict=True):
+    for role, name in placeholder_param_names(node).items():
         if name not in initializers:
             raise ValueError(f"placeholder {node.name!r}: parameter {name!r} is no initializer")
         values[role] = initializers[name]
@@ -997,11 +1003,6 @@ def lower_model(
                 arrays[name] = numpy_helper.to_array(inits[name])
         spec = spec_from_node(node, arrays)
         mode = per_layer[spec.name]
-        roles = [helper.get_attribute_value(a) for a in node.attribute if a.name == "param_roles"]
-        role_names = {
-            (r.decode() if isinstance(r, bytes) else r): n
-            for r, n in zip(roles[0], node.input[1:], strict=True)
-        }
         lowered = lower_layer(
             spec,
             mode,
@@ -1012,7 +1013,7 @@ def lower_model(
             native_gelu=native_gelu,
             batch_hint=batch_hint,
             tile_rows=tile_rows,
-            param_names=role_names,
+            param_names=placeholder_param_names(node),
         )
         if mode == "dense":
             dropped.update(node.input[1:])

@@ -247,13 +247,6 @@ def lower_for_runtime(
         if mode == "materialize":
             nodes, extra = _materialize_nodes(spec, node.input[0], node.output[0], externals)
         else:
-            roles = [
-                helper.get_attribute_value(a) for a in node.attribute if a.name == "param_roles"
-            ]
-            role_names = {
-                (r.decode() if isinstance(r, bytes) else r): n
-                for r, n in zip(roles[0], node.input[1:], strict=True)
-            }
             lowered = lowering.lower_layer(
                 spec,
                 mode,
@@ -263,7 +256,7 @@ def lower_for_runtime(
                 opset=opset,
                 batch_hint=batch_hint,
                 tile_rows=tile_rows,
-                param_names=role_names,
+                param_names=lowering.placeholder_param_names(node),
             )
             nodes, extra = lowered.nodes, lowered.initializers
             needs_no_folding |= lowered.needs_no_constant_folding
