@@ -9,6 +9,7 @@ inside each verb's handler, so ``adntn --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -42,6 +43,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"adntn {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"adntn {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+#: errno values that mean a file or folder could not be created or written.
+_WRITE_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.EFBIG,
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot write PATH: reason`` (or ``cannot access``) for an ``OSError``, no traceback."""
+    if exc.filename is None:
+        return str(exc)
+    what = "write" if exc.errno in _WRITE_ERRNOS else "access"
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    reason = exc.strerror or str(exc)
+    return f"cannot {what} {path}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

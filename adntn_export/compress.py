@@ -348,52 +348,75 @@ def compress(
     inputs: dict[str, torch.Tensor] = {}
     if calibration is not None and fit:
         inputs = _capture_inputs(model, list(chosen), calibration, max_calibration_rows)
-
+    fit_args = {"steps": fit_steps, "lr": fit_lr, "activation_weight": activation_weight}
+    # All or nothing: every replacement is built (and fitted) before the first swap, so an
+    # error on any layer leaves the model exactly as it was.
+    built: dict[str, tuple[ADNTNLayer, FitResult | None]] = {}
+    for name, overrides in chosen.items():
+        built[name] = _replacement(
+            modules[name],
+            {**defaults, **overrides},
+            fit=fit,
+            fit_args=fit_args,
+            calibration=inputs.get(name),
+            match_norm=match_norm,
+            discard_fit_above=discard_fit_above,
+        )
     report: dict[str, FitResult] = dict(getattr(model, "adntn_fit_report", {}) or {})
     configs: dict[str, dict[str, Any]] = dict(getattr(model, "adntn_layer_configs", {}) or {})
-    for name, overrides in chosen.items():
-        kwargs = {**defaults, **overrides}
-        steps = int(kwargs.pop("fit_steps", fit_steps))
-        lr = float(kwargs.pop("fit_lr", fit_lr))
-        act_w = float(kwargs.pop("activation_weight", activation_weight))
-        dense = modules[name]
-        new: ADNTNLayer
-        if fit:
-            from_dense = (
-                ADNTNLinear.from_linear if isinstance(dense, nn.Linear) else ADNTNConv2d.from_conv
-            )
-            new, report[name] = from_dense(
-                dense,
-                steps=steps,
-                lr=lr,
-                calibration=inputs.get(name),
-                activation_weight=act_w,
-                **kwargs,
-            )
-        else:
-            new = _unfitted_layer(dense, **kwargs)
-        result = report[name] if fit else None  # only this call's fit
-        if result is not None and result.relative_error >= discard_fit_above:
-            # The fit captured nothing (typical at >500x on a trained weight): its cores are
-            # noise at the dense scale, which hurts the fine-tuning that follows (run `adntn
-            # demo` with discard_fit_above=1.0 in DEMO_COMPRESSION to see it). Start from the
-            # Kaiming-scale init instead.
-            with torch.no_grad():
-                new.weight_generator.reset_parameters()
-            result.discarded = True
-        elif fit and match_norm:
-            _match_norm(new, dense.weight.detach())
-        new.train(dense.training)
+    for name, (new, result) in built.items():
         _set_module(model, name, new)
         configs[name] = new.config()
+        if result is not None:
+            report[name] = result
         if verbose:
-            err = f", fit error {report[name].relative_error:.4f}" if name in report else ""
-            if name in report and report[name].discarded:
-                err += " (fit discarded: kept the initialisation)"
-            print(
-                f"compressed {name}: {new.dense_parameters:,} -> {new.stored_parameters:,} "
-                f"params ({new.dense_parameters / new.stored_parameters:,.0f}x){err}"
-            )
+            _print_layer(name, new, report.get(name))
     model.adntn_fit_report = report  # type: ignore[assignment]
     model.adntn_layer_configs = configs  # type: ignore[assignment]
     return model
+
+
+def _replacement(
+    dense: nn.Module,
+    kwargs: dict[str, Any],
+    *,
+    fit: bool,
+    fit_args: Mapping[str, Any],
+    calibration: torch.Tensor | None,
+    match_norm: bool,
+    discard_fit_above: float,
+) -> tuple[ADNTNLayer, FitResult | None]:
+    """The ADNTN layer that replaces ``dense`` (fitted to it when ``fit``), and its fit."""
+    steps = int(kwargs.pop("fit_steps", fit_args["steps"]))
+    lr = float(kwargs.pop("fit_lr", fit_args["lr"]))
+    act_w = float(kwargs.pop("activation_weight", fit_args["activation_weight"]))
+    if not fit:
+        new = _unfitted_layer(dense, **kwargs)  # type: ignore[arg-type]
+        new.train(dense.training)
+        return new, None
+    from_dense = ADNTNLinear.from_linear if isinstance(dense, nn.Linear) else ADNTNConv2d.from_conv
+    new, result = from_dense(
+        dense, steps=steps, lr=lr, calibration=calibration, activation_weight=act_w, **kwargs
+    )
+    if result.relative_error >= discard_fit_above:
+        # The fit captured nothing (typical at >500x on a trained weight): its cores are
+        # noise at the dense scale, which hurts the fine-tuning that follows (run `adntn
+        # demo` with discard_fit_above=1.0 in DEMO_COMPRESSION to see it). Start from the
+        # Kaiming-scale init instead.
+        with torch.no_grad():
+            new.weight_generator.reset_parameters()
+        result.discarded = True
+    elif match_norm:
+        _match_norm(new, dense.weight.detach())
+    new.train(dense.training)
+    return new, result
+
+
+def _print_layer(name: str, new: ADNTNLayer, result: FitResult | None) -> None:
+    err = f", fit error {result.relative_error:.4f}" if result is not None else ""
+    if result is not None and result.discarded:
+        err += " (fit discarded: kept the initialisation)"
+    print(
+        f"compressed {name}: {new.dense_parameters:,} -> {new.stored_parameters:,} "
+        f"params ({new.dense_parameters / new.stored_parameters:,.0f}x){err}"
+    )

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -52,6 +54,8 @@ __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
 #: Modes accepted by :func:`export_onnx`.
 EXPORT_MODES: tuple[str, ...] = ("fused", "regenerate", "materialize", "dense", "auto")
 _TRACE_OP = "ExportPlaceholder"
+#: torch.export's pytree deprecation warning, raised inside torch itself on every export.
+_LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 # ---------------------------------------------------------------------------- custom ops
@@ -310,7 +314,15 @@ def export_onnx_model(
     if dynamic_batch and x.dim() and x.shape[0] == 1:
         x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specialises size-1 dims
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch and x.dim() else None
-    with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad(), _quiet_registry():
+    with (
+        _eval_mode(model),
+        _swapped(model) as (root, _),
+        torch.no_grad(),
+        _quiet_registry(),
+        warnings.catch_warnings(),
+    ):
+        # torch's own exporter trips its LeafSpec deprecation; users cannot act on it
+        warnings.filterwarnings("ignore", message=_LEAFSPEC_WARNING, category=FutureWarning)
         program = torch.onnx.export(
             root,
             (x,),
@@ -450,6 +462,12 @@ def export_onnx(
         PermissionError: ``path``'s directory is not writable. Nothing is written on error.
     """
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR,
+            "it is an existing directory; give a file name (e.g. DIR/model.onnx)",
+            str(target),
+        )
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(

@@ -39,6 +39,7 @@ import copy
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -59,10 +60,13 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CHECKPOINT_VERSION",
     "OPTIMIZERS",
+    "RESUME_SETTINGS",
     "CheckpointError",
+    "ResumeMismatchError",
     "ResumableSampler",
     "TrainConfig",
     "TrainResult",
+    "check_resume",
     "evaluate",
     "load_checkpoint",
     "save_checkpoint",
@@ -445,7 +449,310 @@ def dataset_for(
     return torch.utils.data.TensorDataset(x.contiguous(), y)
 
 
+# --------------------------------------------------------------------------- resume settings
+
+#: :class:`TrainConfig` fields that shape the result: a resumed run must keep them.
+RESUME_SETTINGS: tuple[str, ...] = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "seed",
+    "distill_weight",
+    "temperature",
+    "reconstruction_weight",
+    "min_lr_ratio",
+    "core_lr",
+    "deterministic",
+)
+
+
+class ResumeMismatchError(CheckpointError):
+    """``resume=True`` met a checkpoint written with other settings.
+
+    ``changes`` lists ``(field, value in the checkpoint, value asked for now)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], changes: list[tuple[str, Any, Any]]) -> None:
+        self.path = str(path)
+        self.changes = changes
+        what = ", ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+        super().__init__(
+            f"checkpoint {self.path!r} was written with other settings ({what}); resume with "
+            "the checkpoint's settings, or start over with another checkpoint_dir"
+        )
+
+
+def _resume_changes(
+    saved: Mapping[str, Any] | None, cfg: TrainConfig
+) -> list[tuple[str, Any, Any]]:
+    if not isinstance(saved, Mapping):  # a checkpoint without its settings: nothing to compare
+        return []
+    now = asdict(cfg)
+    return [
+        (name, saved.get(name), now[name])
+        for name in RESUME_SETTINGS
+        if saved.get(name) != now[name]
+    ]
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Refuse, before any work, to resume ``cfg.checkpoint_dir`` under other settings.
+
+    Does nothing unless ``cfg.resume`` and a checkpoint exists.
+
+    Raises:
+        ResumeMismatchError: Naming every changed setting with its old and new value.
+        CheckpointError: If the checkpoint is unreadable.
+    """
+    if not cfg.resume or not cfg.checkpoint_dir:
+        return
+    path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME
+    if path.exists():
+        changes = _resume_changes(load_checkpoint(path).get("config"), cfg)
+        if changes:
+            raise ResumeMismatchError(path, changes)
+
+
+def _check_checkpoint_dir(cfg: TrainConfig) -> None:
+    """Create ``checkpoint_dir`` and prove a file can be written there, before training."""
+    if cfg.checkpoint_dir is None:
+        return
+    folder = Path(cfg.checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 # --------------------------------------------------------------------------- train
+
+
+def _check_train_args(
+    cfg: TrainConfig, train_data: Dataset, teacher: nn.Module | None, calibration: Any
+) -> None:
+    cfg.validate()
+    if cfg.distill_weight > 0 and teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model")
+    if cfg.reconstruction_weight > 0 and (teacher is None or calibration is None):
+        raise ValueError("reconstruction_weight > 0 needs a teacher model and calibration inputs")
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise ValueError("train_data is empty")
+
+
+def _init_distributed() -> tuple[int, int]:
+    world, rank = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    return world, rank
+
+
+def _freeze_teacher(teacher: nn.Module | None) -> None:
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+
+class _Run:
+    """One call of :func:`train`: the optimiser, schedule and position, and the steps that
+    move them (an epoch, a step, a checkpoint, a resume)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset,
+        cfg: TrainConfig,
+        teacher: nn.Module | None,
+        recon: list[Any],
+    ) -> None:
+        self.model, self.train_data, self.cfg = model, train_data, cfg
+        self.teacher, self.recon = teacher, recon
+        self.world, self.rank = _dist_info()
+        self.net: nn.Module = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(model)
+        self.opt = _make_optimizer(model, cfg)
+        self.sampler = ResumableSampler(
+            train_data, num_replicas=self.world, rank=self.rank, seed=cfg.seed
+        )
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _cosine(max(self.total_steps, 1), cfg.min_lr_ratio)
+        )
+        self.result = TrainResult()
+        self.epoch, self.step_in_epoch = 0, 0
+        # running sums of the current epoch's loss (saved, so a resumed epoch averages all of it)
+        self.epoch_loss, self.epoch_n = 0.0, 0
+        self.ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def restore(self) -> None:
+        """Continue from ``last.pt`` (refusing one written under other settings)."""
+        assert self.ckpt_path is not None
+        state = load_checkpoint(self.ckpt_path)
+        changes = _resume_changes(state.get("config"), self.cfg)
+        if changes:
+            raise ResumeMismatchError(self.ckpt_path, changes)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(self.ckpt_path)!r} does not fit this model: {exc}"
+            ) from exc
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        res = self.result
+        res.losses = list(state.get("losses", []))
+        res.epochs = list(state.get("epoch_metrics", []))
+        res.global_step = int(
+            state.get("global_step", self.epoch * self.steps_per_epoch + self.step_in_epoch)
+        )
+        res.resumed_from_step = res.global_step
+        self.epoch_loss, self.epoch_n = self._saved_sums(state)
+        rng = state["rng"]
+        _set_rng_state(rng[self.rank] if isinstance(rng, list) and self.rank < len(rng) else rng)
+
+    def _saved_sums(self, state: Mapping[str, Any]) -> tuple[float, int]:
+        sums = state.get("epoch_sums")
+        if isinstance(sums, list) and self.rank < len(sums):
+            return float(sums[self.rank][0]), int(sums[self.rank][1])
+        # Older checkpoints: every step before a mid-epoch stop had a full batch.
+        done = self.step_in_epoch
+        steps = self.result.losses[-done:] if done else []
+        return sum(steps) * self.cfg.batch_size, len(steps) * self.cfg.batch_size
+
+    def checkpoint(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank's RNG and loss sums gathered)."""
+        if self.ckpt_path is None:
+            return
+        local: Any = {"rng": _rng_state(), "sums": [self.epoch_loss, self.epoch_n]}
+        gathered: list[Any] = [local]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, local)
+        if self.rank == 0:
+            res = self.result
+            save_checkpoint(
+                self.ckpt_path,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "rng": [g["rng"] for g in gathered] if self.world > 1 else local["rng"],
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "epoch_sums": [g["sums"] for g in gathered],
+                    "global_step": res.global_step,
+                    "losses": list(res.losses),
+                    "epoch_metrics": list(res.epochs),
+                    "config": {k: v for k, v in asdict(self.cfg).items() if v is not None},
+                    "world_size": self.world,
+                },
+            )
+        self.result.checkpoint = str(self.ckpt_path)
+
+    # ------------------------------------------------------------------ steps
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg, T = self.cfg, self.cfg.temperature
+        out = self.net(x)
+        loss = F.cross_entropy(out, y)
+        if cfg.distill_weight > 0:
+            assert self.teacher is not None
+            with torch.no_grad():
+                t_out = self.teacher(x)
+            kd = F.kl_div(
+                F.log_softmax(out / T, 1),
+                F.log_softmax(t_out / T, 1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * T * T * kd
+        if self.recon:
+            loss = loss + cfg.reconstruction_weight * _reconstruction_loss(self.recon)
+        return loss
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser step; returns the loss."""
+        loss = self._loss(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(
+                f"training diverged at step {self.result.global_step} (loss {value}); "
+                f"lower lr (now {self.cfg.lr})"
+            )
+        self.result.losses.append(value)
+        self.epoch_loss += value * len(y)
+        self.epoch_n += len(y)
+        self.step_in_epoch += 1
+        self.result.global_step += 1
+        return value
+
+    def _loader(self) -> DataLoader:
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.step_in_epoch * cfg.batch_size)
+        return DataLoader(
+            self.train_data,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            worker_init_fn=_worker_init if cfg.num_workers else None,
+            generator=torch.Generator().manual_seed(cfg.seed * 1000003 + self.epoch),
+        )
+
+    def run_epoch(self, bar: Any, task: Any) -> bool:
+        """Train to the end of the current epoch; False when ``max_steps`` stopped it first."""
+        cfg, res = self.cfg, self.result
+        self.net.train()
+        for x, y in self._loader():
+            if cfg.max_steps is not None and res.global_step >= cfg.max_steps:
+                return False
+            value = self.step(x, y)
+            bar.update(
+                task, advance=1, info=f"epoch {self.epoch + 1}/{cfg.epochs} loss {value:.4f}"
+            )
+            if cfg.checkpoint_every and res.global_step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        return True
+
+    def end_epoch(self, test_data: Dataset | None) -> None:
+        """Record the epoch's metrics, move to the next epoch and checkpoint."""
+        metrics: dict[str, float] = {"epoch": float(self.epoch)}
+        if self.epoch_n:
+            metrics["train_loss"] = self.epoch_loss / self.epoch_n
+        if test_data is not None:
+            metrics["test_loss"], metrics["test_accuracy"] = evaluate(self.model, test_data)
+        self.result.epochs.append(metrics)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss, self.epoch_n = 0.0, 0
+        self.checkpoint()
+
+    def run(self, description: str, test_data: Dataset | None) -> bool:
+        """Every remaining epoch, with a progress bar; False when ``max_steps`` stopped it."""
+        with _progress(self.cfg.progress and self.rank == 0) as bar:
+            task = bar.add_task(description, total=self.total_steps, info="")
+            bar.update(task, completed=self.result.global_step)
+            while self.epoch < self.cfg.epochs:
+                if not self.run_epoch(bar, task):
+                    return False
+                self.end_epoch(test_data)
+        return True
 
 
 def train(
@@ -474,167 +781,34 @@ def train(
 
     Raises:
         ValueError: On a bad config, or a term enabled without what it needs.
+        OSError: If ``checkpoint_dir`` cannot be written (checked before training).
         CheckpointError: If ``resume`` meets a truncated or corrupt checkpoint.
+        ResumeMismatchError: If ``resume`` meets a checkpoint written under other settings.
     """
     cfg = config or TrainConfig()
-    cfg.validate()
-    if cfg.distill_weight > 0 and teacher is None:
-        raise ValueError("distill_weight > 0 needs a teacher model")
-    if cfg.reconstruction_weight > 0 and (teacher is None or calibration is None):
-        raise ValueError("reconstruction_weight > 0 needs a teacher model and calibration inputs")
-    if len(train_data) == 0:  # type: ignore[arg-type]
-        raise ValueError("train_data is empty")
+    _check_train_args(cfg, train_data, teacher, calibration)
     start_time = time.perf_counter()
-    world, rank = _dist_info()
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
+    world, rank = _init_distributed()
+    if rank == 0:
+        _check_checkpoint_dir(cfg)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
-
     recon = []
     if cfg.reconstruction_weight > 0:
         assert teacher is not None and calibration is not None
         recon = _reconstruction_targets(model, teacher, calibration)
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model)
-    opt = _make_optimizer(model, cfg)
-    sampler = ResumableSampler(train_data, num_replicas=world, rank=rank, seed=cfg.seed)
-    steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(max(total_steps, 1), cfg.min_lr_ratio))
-    result = TrainResult()
-    epoch, step_in_epoch = 0, 0
-    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
-    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint {str(ckpt_path)!r} does not fit this model: {exc}"
-            ) from exc
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        result.losses = list(state.get("losses", []))
-        result.epochs = list(state.get("epoch_metrics", []))
-        result.global_step = int(state.get("global_step", epoch * steps_per_epoch + step_in_epoch))
-        result.resumed_from_step = result.global_step
-        rng = state["rng"]
-        _set_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else rng)
-
-    def checkpoint() -> None:
-        if ckpt_path is None:
-            return
-        rng: Any = _rng_state()
-        if distributed:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        if rank == 0:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": rng,
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "global_step": result.global_step,
-                    "losses": list(result.losses),
-                    "epoch_metrics": list(result.epochs),
-                    "config": {k: v for k, v in asdict(cfg).items() if v is not None},
-                    "world_size": world,
-                },
-            )
-        result.checkpoint = str(ckpt_path)
-
-    T = cfg.temperature
-    stopped = False
-    with _progress(cfg.progress and rank == 0) as bar:
-        task = bar.add_task(description, total=total_steps, info="")
-        bar.update(task, completed=result.global_step)
-        while epoch < cfg.epochs:
-            sampler.set_epoch(epoch)
-            sampler.set_start(step_in_epoch * cfg.batch_size)
-            loader = DataLoader(
-                train_data,
-                batch_size=cfg.batch_size,
-                sampler=sampler,
-                num_workers=cfg.num_workers,
-                worker_init_fn=_worker_init if cfg.num_workers else None,
-                generator=torch.Generator().manual_seed(cfg.seed * 1000003 + epoch),
-            )
-            net.train()
-            epoch_loss, epoch_n = 0.0, 0
-            for x, y in loader:
-                if cfg.max_steps is not None and result.global_step >= cfg.max_steps:
-                    stopped = True
-                    break
-                out = net(x)
-                loss = F.cross_entropy(out, y)
-                if cfg.distill_weight > 0:
-                    assert teacher is not None
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                    kd = F.kl_div(
-                        F.log_softmax(out / T, 1),
-                        F.log_softmax(t_out / T, 1),
-                        log_target=True,
-                        reduction="batchmean",
-                    )
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * T * T * kd
-                if recon:
-                    loss = loss + cfg.reconstruction_weight * _reconstruction_loss(recon)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise RuntimeError(
-                        f"training diverged at step {result.global_step} (loss {value}); "
-                        f"lower lr (now {cfg.lr})"
-                    )
-                result.losses.append(value)
-                epoch_loss += value * len(y)
-                epoch_n += len(y)
-                step_in_epoch += 1
-                result.global_step += 1
-                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {value:.4f}")
-                if cfg.checkpoint_every and result.global_step % cfg.checkpoint_every == 0:
-                    checkpoint()
-            if stopped:
-                break
-            metrics: dict[str, float] = {"epoch": float(epoch)}
-            if epoch_n:
-                metrics["train_loss"] = epoch_loss / epoch_n
-            if test_data is not None:
-                metrics["test_loss"], metrics["test_accuracy"] = evaluate(model, test_data)
-            result.epochs.append(metrics)
-            epoch += 1
-            step_in_epoch = 0
-            checkpoint()
-    result.epoch = epoch
+    _freeze_teacher(teacher)
+    run = _Run(model, train_data, cfg, teacher, recon)
+    if cfg.resume and run.ckpt_path is not None and run.ckpt_path.exists():
+        run.restore()
+    stopped = not run.run(description, test_data)
+    result = run.result
+    result.epoch = run.epoch
     result.completed = not stopped
     if stopped:
-        checkpoint()
+        run.checkpoint()
     elif test_data is not None:
         result.test_loss, result.test_accuracy = evaluate(model, test_data)
-    if distributed:
+    if world > 1:
         import torch.distributed as dist
 
         dist.barrier()

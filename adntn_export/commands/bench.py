@@ -140,8 +140,11 @@ def plot(data: dict[str, Any], out: str | Path) -> Path:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from adntn_export.commands._common import check_output_file
     from adntn_runtime.bench import bench_model
 
+    check_output_file("--json", args.json)  # before the benchmark, not after it
+    check_output_file("--plot", args.plot)
     data = bench_model(
         args.model,
         runtime=args.runtime,

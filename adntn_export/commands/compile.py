@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from adntn_export.commands._common import check_output_dir
+
 
 def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
     if not values:
@@ -13,12 +15,19 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
         name, sep, dims = v.partition("=")
         if not sep:
             raise ValueError(f"bad --input-shape {v!r}: expected NAME=D0,D1,...")
-        out[name] = [int(d) for d in dims.split(",")]
+        try:
+            out[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"bad --input-shape {v!r}: expected NAME=D0,D1,... with integer dims"
+            ) from None
     return out
 
 
 def _handler(args: argparse.Namespace) -> int:
     from adntn_export.tvm_backend.compile import compile_onnx
+
+    check_output_dir("-o/--output", args.output)
 
     manifest = compile_onnx(
         args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)

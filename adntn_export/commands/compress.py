@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from adntn_export.commands._common import add_compress_args, compress_kwargs
+from adntn_export.commands._common import (
+    add_compress_args,
+    check_compress_args,
+    check_compression_plan,
+    check_output_file,
+    compress_kwargs,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -40,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
+    check_compress_args(args)
+    out = check_output_file("--out", args.out)
+    assert out is not None
     model = get_model(args.model)
     kwargs = compress_kwargs(args) or {}
     kwargs.setdefault("fit_steps", args.fit_steps)
+    if args.fit:
+        check_compression_plan(model, kwargs)
     compress(model, fit=args.fit, **kwargs)
     report = compression_report(model)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json())
     Console().print(report.table())

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adntn_export.commands._common import check_number, check_output_dir
+
 #: What ``adntn demo`` compresses: small_cnn's fc1 (3136 -> 128) as a TTN.
 DEMO_COMPRESSION: dict[str, Any] = {
     "layers": ["fc1"],
@@ -63,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=120)
     start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_number("--epochs", args.epochs, low=1)
+    out = check_output_dir("--out", args.out)
+    assert out is not None
     quick = args.quick
     epochs = args.epochs or (1 if quick else 4)
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
     train_ds = dataset_for("small_cnn", "train", limit=600 if quick else None)
     test_ds = dataset_for("small_cnn", "test", limit=300 if quick else None)
     console.print(
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(report.table())
 
+    out.mkdir(parents=True, exist_ok=True)
     dense_path = _save(dense, "small_cnn", out / "dense.pt")
     adntn_path = _save(student, "small_cnn", out / "adntn.pt")
     (out / "compression.json").write_text(report.to_json())

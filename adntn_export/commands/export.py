@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from adntn_export.commands._common import check_number, check_output_file
 
 _MODES = ("fused", "regenerate", "materialize", "dense", "auto")
 
@@ -38,29 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``adntn export``; returns the exit code."""
+    import onnx
     import torch
 
     from adntn_export.checkpoint import load_checkpoint
     from adntn_export.onnx_export import export_onnx
 
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    check_number("--batch", args.batch, low=1)
+    check_number("--opset", args.opset, low=18, high=onnx.defs.onnx_opset_version())
+    check_output_file("-o/--output", args.output)
     ckpt = load_checkpoint(args.checkpoint)
     shape = (args.batch, *ckpt.example_input_shape[1:])
     example = torch.randn(shape)
-    try:
-        path = export_onnx(
-            ckpt.model,
-            example,
-            args.output,
-            mode=args.mode,
-            opset=args.opset,
-            dynamic_batch=not args.static_batch,
-            einsum=not args.no_einsum,
-        )
-    except PermissionError as exc:
-        print(f"adntn export: error: {exc}", file=sys.stderr)
-        return 2
+    path = export_onnx(
+        ckpt.model,
+        example,
+        args.output,
+        mode=args.mode,
+        opset=args.opset,
+        dynamic_batch=not args.static_batch,
+        einsum=not args.no_einsum,
+    )
     size = path.stat().st_size
     print(f"wrote {path} ({size:,} bytes, mode {args.mode}, opset {args.opset})")
     return 0

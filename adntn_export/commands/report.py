@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from adntn_export.commands._common import check_output_file
 from adntn_runtime.activations import ACTIVATIONS
 from adntn_runtime.plan import NETWORKS
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan description or the model's compression table."""
+    check_output_file("--json", args.json)
     if args.checkpoint is not None:
         from adntn_export.checkpoint import load_model
         from adntn_export.report import compression_report

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adntn_export.commands._common import add_compress_args, compress_kwargs, input_shape
+from adntn_export.commands._common import (
+    add_compress_args,
+    check_compress_args,
+    check_compression_plan,
+    check_number,
+    check_output_dir,
+    compress_kwargs,
+    input_shape,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +65,63 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+#: ``TrainConfig`` field -> the ``adntn train`` flag that sets it (for resume messages).
+_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "seed": "--seed",
+    "distill_weight": "--distill",
+    "temperature": "--temperature",
+    "reconstruction_weight": "--reconstruction",
+    "core_lr": "--core-lr",
+}
+
+
+def _check_args(args: argparse.Namespace, compressing: bool) -> None:
+    """Every option range and output path, before any data is read or any step is taken."""
+    for flag, value in (
+        ("--epochs", args.epochs),
+        ("--dense-epochs", args.dense_epochs),
+        ("--batch-size", args.batch_size),
+        ("--limit", args.limit),
+        ("--test-limit", args.test_limit),
+    ):
+        check_number(flag, value, low=1)
+    for flag, value in (("--lr", args.lr), ("--core-lr", args.core_lr)):
+        check_number(flag, value, low=0, low_open=True)
+    check_number("--temperature", args.temperature, low=0, low_open=True)
+    check_number("--distill", args.distill, low=0, high=1)
+    check_number("--reconstruction", args.reconstruction, low=0)
+    check_number("--checkpoint-every", args.checkpoint_every, low=0)
+    check_compress_args(args)
+    for flag in ("--distill", "--reconstruction"):
+        if getattr(args, flag[2:]) and not compressing:
+            raise ValueError(f"{flag} needs compression flags (--recipe, --layers, --network, ...)")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir (the folder of the run to continue)")
+    check_output_dir("--out", args.out)
+    check_output_dir("--checkpoint-dir", args.checkpoint_dir)
+
+
+def _check_resume(cfg: Any, stage: str) -> None:
+    """Refuse, before any work, to resume a stage whose checkpoint has other settings."""
+    from adntn_export.training import ResumeMismatchError, check_resume
+
+    try:
+        check_resume(cfg)
+    except ResumeMismatchError as exc:
+        flags = dict(_FLAGS, epochs="--dense-epochs/--epochs" if stage == "dense" else "--epochs")
+        what = "; ".join(
+            f"{flags.get(name, name)} was {old!r}, now {new!r}" for name, old, new in exc.changes
+        )
+        raise ValueError(
+            f"--resume: the {stage} checkpoint {exc.path!r} was written with other settings "
+            f"({what}); rerun with the old values, or start over with another --checkpoint-dir"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``adntn train``."""
     import torch
@@ -66,13 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from adntn_export.training import TrainConfig, dataset_for, evaluate, train
     from adntn_models import get_model
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_ds = dataset_for(args.model, "train", root=args.root, limit=args.limit)
-    test_ds = dataset_for(args.model, "test", root=args.root, limit=args.test_limit)
     ck = compress_kwargs(args)
-    if args.distill and ck is None:
-        raise ValueError("--distill needs compression flags (--recipe, --layers, --network, ...)")
+    _check_args(args, ck is not None)
 
     def config(epochs: int, sub: str) -> TrainConfig:
         return TrainConfig(
@@ -87,19 +147,27 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
 
+    dense_cfg = config(args.dense_epochs or args.epochs, "dense")
+    cfg = config(args.epochs, "adntn")
+    cfg.distill_weight = args.distill
+    cfg.temperature = args.temperature
+    cfg.reconstruction_weight = args.reconstruction
+    cfg.core_lr = args.core_lr
+    _check_resume(dense_cfg, "dense")
+    if ck is not None:
+        _check_resume(cfg, "adntn")
+    train_ds = dataset_for(args.model, "train", root=args.root, limit=args.limit)
+    test_ds = dataset_for(args.model, "test", root=args.root, limit=args.test_limit)
     torch.manual_seed(args.seed)
     model = get_model(args.model)
+    check_compression_plan(model, ck)
     summary: dict[str, Any] = {"model": args.model, "train_images": len(train_ds)}
     dense_res = train(
-        model,
-        train_ds,
-        config=config(args.dense_epochs or args.epochs, "dense"),
-        test_data=test_ds,
-        description=f"{args.model} dense",
+        model, train_ds, config=dense_cfg, test_data=test_ds, description=f"{args.model} dense"
     )
     summary["dense"] = dense_res.to_dict()
     print(f"dense {args.model}: test accuracy {dense_res.test_accuracy:.4f}")
-    final = model
+    report = None
     if ck is not None:
         import copy
 
@@ -108,11 +176,6 @@ def run(args: argparse.Namespace) -> int:
         compress(model, calibration=calib, verbose=True, **ck)
         acc_fit = evaluate(model, test_ds)[1]
         print(f"after layer-wise fit: test accuracy {acc_fit:.4f}")
-        cfg = config(args.epochs, "adntn")
-        cfg.distill_weight = args.distill
-        cfg.temperature = args.temperature
-        cfg.reconstruction_weight = args.reconstruction
-        cfg.core_lr = args.core_lr
         res = train(
             model,
             train_ds,
@@ -128,14 +191,16 @@ def run(args: argparse.Namespace) -> int:
             "accuracy_after_fit": acc_fit,
             "compression": report.to_dict(),
         }
-        (out / "compression.json").write_text(report.to_json())
         print(
             f"ADNTN {args.model}: test accuracy {res.test_accuracy:.4f} "
             f"(dense {dense_res.test_accuracy:.4f}); "
             f"compressed layers {report.total_ratio:,.0f}x"
         )
-        final = model
-    path = _save(final, args.model, out / "model.pt")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        (out / "compression.json").write_text(report.to_json())
+    path = _save(model, args.model, out / "model.pt")
     summary["model_file"] = str(path)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"wrote {path} and {out / 'summary.json'}")

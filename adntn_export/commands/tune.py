@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from adntn_export.commands._common import check_number, check_output_dir
+
 
 def _handler(args: argparse.Namespace) -> int:
     from adntn_export.commands.compile import _shapes
     from adntn_export.tvm_backend.tune import tune_onnx
+
+    check_output_dir("-o/--output", args.output)
+    check_output_dir("--work-dir", args.work_dir)
+    check_number("--trials", args.trials, low=0)
+    check_number("--max-trials-per-task", args.max_trials_per_task, low=1)
 
     manifest = tune_onnx(
         args.model,

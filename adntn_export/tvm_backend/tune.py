@@ -257,7 +257,6 @@ def tune_onnx(
     if trials < 0:
         raise ValueError(f"trials must be >= 0, got {trials}")
     spec = get_target(target)
-    spec.require_cross_compiler()
     db_dir = Path(work_dir) if work_dir else Path(out_dir) / "tuning" / spec.name
     db_dir.mkdir(parents=True, exist_ok=True)
     before = count_records(db_dir)
@@ -265,8 +264,9 @@ def tune_onnx(
     runner = builder = None
     if spec.kind == "cpu":
         light_tensor_intrinsics()
-    if remaining:
+    if remaining:  # the device and tracker first: they need no cross-compiler to check
         runner, builder = _runner_and_builder(spec, rpc_tracker, rpc_key)
+    spec.require_cross_compiler()  # before the (slow) import and tuning
     prepared = prepare_relax(onnx_path, mode="fold", input_shapes=input_shapes)
     tvm_target = spec.tvm_target()
     say = (lambda msg: print(f"[tune] {msg}", file=sys.stderr)) if progress else (lambda m: None)
