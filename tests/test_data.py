@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +11,16 @@ import pytest
 import torch
 
 import adntn_models as am
-from adntn_models.datasets import DEFAULT_ROOT, idx_file_names, read_idx, write_idx
+from adntn_models.datasets import idx_file_names, read_idx, write_idx
 from adntn_models.datasets.make_subset import DEFAULT_OUT, make_subset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _requirements import needs  # noqa: E402
 
 MEAN, STD = am.FASHION_MNIST_MEAN, am.FASHION_MNIST_STD
 
 
-def debian_available() -> bool:
-    return all(
-        any((DEFAULT_ROOT / n).is_file() for n in idx_file_names(split, kind))
-        for split in ("train", "test")
-        for kind in ("images", "labels")
-    )
-
-
-needs_debian = pytest.mark.skipif(
-    not debian_available(),
-    reason=f"full Fashion-MNIST not in {DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)",
-)
+needs_debian = needs("fashion-mnist")
 
 
 def write_fake_split(root: Path, split: str, n: int, *, gz: bool) -> None:

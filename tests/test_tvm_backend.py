@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _tvm_models as models  # noqa: E402
+from _requirements import needs, require  # noqa: E402
 
 from adntn_export.tvm_backend import compile as tc  # noqa: E402
 from adntn_export.tvm_backend import run as tr  # noqa: E402
@@ -115,12 +116,7 @@ def test_bench_reports_percentiles(chain, x64, tmp_path):
 def _need_aarch64():
     from adntn_export.tvm_backend.device_runtime import ensure_runtime
 
-    for tool, pkg in (
-        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
-        ("qemu-aarch64-static", "qemu-user-static"),
-    ):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian package {pkg})")
+    require("aarch64-g++", "qemu-aarch64")
     try:
         ensure_runtime("aarch64", download=True, timeout=300)
     except Exception as exc:  # no network / no wheel
@@ -150,6 +146,7 @@ def test_arm_artefact_refuses_in_process_load(chain, tmp_path):
 # ----------------------------------------------------------------------------- GPUs
 
 
+@needs("aarch64-g++")  # the Jetson host code (model.so) is linked for aarch64
 @pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-orin-agx"])
 def test_jetson_emits_cuda_source(chain, tmp_path, target):
     manifest = tc.compile_onnx(chain, target, tmp_path)
@@ -165,15 +162,12 @@ def test_jetson_emits_cuda_source(chain, tmp_path, target):
 
 
 @pytest.mark.parametrize("target", ["mali", "adreno"])
+@needs("aarch64-g++")  # Mali and Adreno boards have aarch64 hosts
 def test_opencl_kernels_run_on_pocl(tmp_path, target):
-    cl = pytest.importorskip("pyopencl")
-    try:
-        platforms = cl.get_platforms()
-    except cl.Error:
-        platforms = []
-    devices = [d for p in platforms for d in p.get_devices()]
-    if not devices:
-        pytest.skip("no OpenCL platform/device (install pocl-opencl-icd)")
+    require("opencl-device")
+    import pyopencl as cl
+
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
     n = 1024
     model = models.elementwise(tmp_path / "e.onnx", n=n)
     tc.compile_onnx(model, target, tmp_path / "out")

@@ -9,7 +9,6 @@ reason otherwise. Slow: ``import tvm`` under emulation takes ~45 s.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _tvm_models as models  # noqa: E402
+from _requirements import require  # noqa: E402
 
 
 @pytest.mark.slow
@@ -32,11 +32,7 @@ def test_rpi4_artefact_runs_on_emulated_aarch64_rpc_server(tmp_path, mode):
     from adntn_export.tvm_backend import emulated, rpc
     from adntn_export.tvm_backend import run as tr
 
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ not installed (Debian package g++-aarch64-linux-gnu)")
-    py, reason = emulated.find_arm64_python()
-    if py is None:
-        pytest.skip(reason)
+    require("aarch64-g++", "qemu-aarch64", "arm64-python")
     onnx_path = models.adntn_cores(tmp_path / "cores.onnx")
     manifest = tc.compile_onnx(onnx_path, "rpi4", tmp_path / "out", mode=mode)
     assert manifest.arch == "aarch64"

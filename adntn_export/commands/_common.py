@@ -110,9 +110,7 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _cannot_write(flag: str, path: Path, reason: str) -> OSError:
-    err = OSError(f"cannot write {flag} {str(path)!r}: {reason}")
-    err.filename = None  # the message already names the path and the flag
-    return err
+    return OSError(f"cannot write {flag} {str(path)!r}: {reason}")
 
 
 def _probe_directory(flag: str, target: Path, directory: Path) -> None:
