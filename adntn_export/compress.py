@@ -271,6 +271,23 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _layer_defaults(
+    recipe: str | os.PathLike[str] | Mapping[str, Any] | None,
+    layers: Any,
+    explicit: Mapping[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """The layer arguments every chosen layer starts from (built-ins < recipe < explicit
+    arguments; ``None`` means not given), and the layer selection (the recipe's if unset)."""
+    defaults: dict[str, Any] = dict(_DEFAULTS)
+    if recipe is not None:
+        spec = dict(recipe) if isinstance(recipe, Mapping) else load_recipe(recipe)
+        defaults.update(spec.get("defaults", {}))
+        if layers is None:
+            layers = spec.get("layers")
+    defaults.update({k: v for k, v in explicit.items() if v is not None})
+    return defaults, layers
+
+
 def compress(
     model: nn.Module,
     *,
@@ -311,15 +328,12 @@ def compress(
             the activation-aware term ``||(W - W_d) X||^2``.
         activation_weight: Weight of that term.
         max_calibration_rows: Rows of a Linear layer's captured input kept (evenly spaced).
-        match_norm: After the fit, rescale the generated weight (its linear top core) to
-            the dense weight's Frobenius norm when the fit left it smaller. At extreme
-            compression the least-squares fit shrinks ``W`` towards zero (relative error
-            ~1), which would silence the layer; keeping the dense scale keeps the signal
-            (and the gradients) flowing for the fine-tuning that follows.
-        discard_fit_above: A fit whose relative error stays at or above this is discarded
-            (the layer keeps its Kaiming-scale initialisation, ``FitResult.discarded`` is
-            set): such a fit has learned nothing about the dense weight, and its cores
-            train worse than a fresh initialisation. ``1.0`` or more keeps every fit.
+        match_norm: After the fit, rescale the generated weight up to the dense weight's
+            Frobenius norm: at extreme compression the fit shrinks ``W`` towards zero, which
+            would silence the layer (and its gradients) in the fine-tuning that follows.
+        discard_fit_above: Discard a fit whose relative error stays at or above this: it
+            learned nothing, and its cores train worse than the Kaiming-scale initialisation
+            the layer keeps (``FitResult.discarded`` is set). ``1.0`` or more keeps every fit.
         verbose: Print one line per layer.
         **layer_kwargs: Further ADNTN layer arguments (``num_sites``, ``arity``,
             ``final_activation``, ``bias_bond_dim``, ``mode``, ...) for every chosen layer.
@@ -331,29 +345,48 @@ def compress(
 
     Raises:
         ValueError: On a bad selection (the message lists candidate layers) or bad arguments.
+        On any error the model is left exactly as it was (all layers or none are replaced).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress needs an nn.Module, got {type(model).__name__}")
-    defaults: dict[str, Any] = dict(_DEFAULTS)
-    if recipe is not None:
-        spec = dict(recipe) if isinstance(recipe, Mapping) else load_recipe(recipe)
-        defaults.update(spec.get("defaults", {}))
-        if layers is None:
-            layers = spec.get("layers")
     explicit = {"network": network, "bond_dim": bond_dim, "activation": activation, "bias": bias}
-    defaults.update({k: v for k, v in explicit.items() if v is not None})
+    defaults, layers = _layer_defaults(recipe, layers, explicit)
     defaults.update(layer_kwargs)
     chosen = resolve_layers(model, layers)
-    modules = dict(model.named_modules())
+    built = _build_all(
+        model,
+        chosen,
+        defaults,
+        fit=fit,
+        fit_args={"steps": fit_steps, "lr": fit_lr, "activation_weight": activation_weight},
+        calibration=calibration,
+        max_calibration_rows=max_calibration_rows,
+        match_norm=match_norm,
+        discard_fit_above=discard_fit_above,
+    )
+    _swap_in(model, built, verbose=verbose)
+    return model
+
+
+def _build_all(
+    model: nn.Module,
+    chosen: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+    *,
+    fit: bool,
+    fit_args: Mapping[str, Any],
+    calibration: torch.Tensor | None,
+    max_calibration_rows: int,
+    match_norm: bool,
+    discard_fit_above: float,
+) -> dict[str, tuple[ADNTNLayer, FitResult | None]]:
+    """Every replacement layer (fitted when ``fit``), built before the model is touched."""
     inputs: dict[str, torch.Tensor] = {}
     if calibration is not None and fit:
         inputs = _capture_inputs(model, list(chosen), calibration, max_calibration_rows)
-    fit_args = {"steps": fit_steps, "lr": fit_lr, "activation_weight": activation_weight}
-    # All or nothing: every replacement is built (and fitted) before the first swap, so an
-    # error on any layer leaves the model exactly as it was.
-    built: dict[str, tuple[ADNTNLayer, FitResult | None]] = {}
-    for name, overrides in chosen.items():
-        built[name] = _replacement(
+    modules = dict(model.named_modules())
+    return {
+        name: _replacement(
             modules[name],
             {**defaults, **overrides},
             fit=fit,
@@ -362,6 +395,14 @@ def compress(
             match_norm=match_norm,
             discard_fit_above=discard_fit_above,
         )
+        for name, overrides in chosen.items()
+    }
+
+
+def _swap_in(
+    model: nn.Module, built: Mapping[str, tuple[ADNTNLayer, FitResult | None]], *, verbose: bool
+) -> None:
+    """Put the new layers in place and record their configs and fits on ``model``."""
     report: dict[str, FitResult] = dict(getattr(model, "adntn_fit_report", {}) or {})
     configs: dict[str, dict[str, Any]] = dict(getattr(model, "adntn_layer_configs", {}) or {})
     for name, (new, result) in built.items():
@@ -373,7 +414,6 @@ def compress(
             _print_layer(name, new, report.get(name))
     model.adntn_fit_report = report  # type: ignore[assignment]
     model.adntn_layer_configs = configs  # type: ignore[assignment]
-    return model
 
 
 def _replacement(

@@ -38,6 +38,7 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -284,6 +285,28 @@ def _quiet_registry() -> Iterator[None]:
         log.setLevel(level)
 
 
+def _torch_export(
+    root: nn.Module, x: torch.Tensor, opset: int, table: Any, dynamic_shapes: Any
+) -> Any:
+    """``torch.onnx.export`` (dynamo) of ``root`` on ``x``, without torch's own noise."""
+    with warnings.catch_warnings():
+        # torch's exporter trips its own LeafSpec deprecation on every export; users cannot
+        # act on it. Only that message is silenced, only here.
+        warnings.filterwarnings("ignore", message=_LEAFSPEC_WARNING, category=FutureWarning)
+        return torch.onnx.export(
+            root,
+            (x,),
+            dynamo=True,
+            opset_version=opset,
+            optimize=False,
+            verbose=False,
+            custom_translation_table=table,
+            dynamic_shapes=dynamic_shapes,
+            input_names=["input"],
+            output_names=["output"],
+        )
+
+
 def export_onnx_model(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -314,27 +337,8 @@ def export_onnx_model(
     if dynamic_batch and x.dim() and x.shape[0] == 1:
         x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specialises size-1 dims
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch and x.dim() else None
-    with (
-        _eval_mode(model),
-        _swapped(model) as (root, _),
-        torch.no_grad(),
-        _quiet_registry(),
-        warnings.catch_warnings(),
-    ):
-        # torch's own exporter trips its LeafSpec deprecation; users cannot act on it
-        warnings.filterwarnings("ignore", message=_LEAFSPEC_WARNING, category=FutureWarning)
-        program = torch.onnx.export(
-            root,
-            (x,),
-            dynamo=True,
-            opset_version=opset,
-            optimize=False,
-            verbose=False,
-            custom_translation_table=table,
-            dynamic_shapes=dynamic_shapes,
-            input_names=["input"],
-            output_names=["output"],
-        )
+    with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad(), _quiet_registry():
+        program = _torch_export(root, x, opset, table, dynamic_shapes)
     proto = program.model_proto
     # Placeholders: ExportPlaceholder(x) -> ADNTNLinear/ADNTNConv2d(x, cores..., bias).
     graph = proto.graph

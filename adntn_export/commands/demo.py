@@ -51,17 +51,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``adntn demo``."""
-    import copy
-
-    import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from adntn_export.commands.train import _save
-    from adntn_export.compress import compress
     from adntn_export.report import compression_report
-    from adntn_export.training import TrainConfig, dataset_for, evaluate, train
-    from adntn_models import get_model
+    from adntn_export.training import dataset_for
 
     console = Console(width=120)
     start = time.perf_counter()
@@ -76,12 +69,60 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]adntn demo[/]: small CNN on the shipped Fashion-MNIST subset "
         f"({len(train_ds)} train / {len(test_ds)} test images), {epochs} epoch(s) per stage"
     )
+    dense, dense_acc = _train_dense(args, epochs, train_ds, test_ds)
+    student, acc_fit, adntn_acc = _compress_and_finetune(
+        args, epochs, dense, train_ds, test_ds, console
+    )
+    report = compression_report(student)
+    _print_tables(console, dense, dense_acc, adntn_acc, report)
+    summary = _write_outputs(out, dense, student, report, train_ds, test_ds, epochs)
+    summary.update(
+        dense_accuracy=dense_acc, adntn_accuracy=adntn_acc, adntn_accuracy_after_fit=acc_fit
+    )
+    if not args.no_onnx:
+        summary["onnx"] = _onnx_check(student, test_ds, out, console)
+    summary["seconds"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(
+        f"Done in {summary['seconds']:.0f} s: dense {dense_acc:.4f} vs ADNTN {adntn_acc:.4f}; "
+        f"fc1 stored in {report.adntn_stored_params:,} numbers instead of "
+        f"{report.adntn_dense_params:,} ({report.total_ratio:,.0f}x).\n"
+        f"Wrote {out}/: dense.pt, adntn.pt (load with adntn_export.checkpoint.load_model), "
+        f"compression.json, summary.json"
+        + (", adntn.onnx" if summary.get("onnx", {}).get("path") else "")
+    )
+    return 0
+
+
+def _train_dense(args: argparse.Namespace, epochs: int, train_ds: Any, test_ds: Any) -> Any:
+    """Step 1: the dense small CNN; returns ``(model, test accuracy)``."""
+    import torch
+
+    from adntn_export.training import TrainConfig, train
+    from adntn_models import get_model
+
     torch.manual_seed(args.seed)
     dense = get_model("small_cnn")
-    progress = not args.no_progress
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=2e-3, seed=args.seed, progress=progress)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=64, lr=2e-3, seed=args.seed, progress=not args.no_progress
+    )
     dense_res = train(dense, train_ds, config=cfg, test_data=test_ds, description="dense")
-    dense_acc = dense_res.test_accuracy or 0.0
+    return dense, dense_res.test_accuracy or 0.0
+
+
+def _compress_and_finetune(
+    args: argparse.Namespace, epochs: int, dense: Any, train_ds: Any, test_ds: Any, console: Any
+) -> tuple[Any, float, float]:
+    """Step 2: compress fc1 (layer-wise fit), then fine-tune with distillation from ``dense``.
+
+    Returns ``(student, accuracy after the fit, accuracy after fine-tuning)``.
+    """
+    import copy
+
+    import torch
+
+    from adntn_export.compress import compress
+    from adntn_export.training import TrainConfig, evaluate, train
 
     calib = torch.stack([train_ds[i][0] for i in range(min(256, len(train_ds)))])
     ft_cfg = TrainConfig(
@@ -92,12 +133,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         distill_weight=0.5,
         temperature=4.0,
-        progress=progress,
+        progress=not args.no_progress,
     )
     student = copy.deepcopy(dense)
-    compress(
-        student, calibration=calib, fit_steps=60 if quick else 300, verbose=True, **DEMO_COMPRESSION
-    )
+    fit_steps = 60 if args.quick else 300
+    compress(student, calibration=calib, fit_steps=fit_steps, verbose=True, **DEMO_COMPRESSION)
     acc_fit = evaluate(student, test_ds)[1]
     if any(r.discarded for r in student.adntn_fit_report.values()):
         console.print(
@@ -129,9 +169,14 @@ def run(args: argparse.Namespace) -> int:
         test_data=test_ds,
         description="ADNTN fine-tune (end to end)",
     )
-    adntn_acc = res.test_accuracy or 0.0
-    report = compression_report(student)
-    fit = {k: v.relative_error for k, v in student.adntn_fit_report.items()}
+    return student, acc_fit, res.test_accuracy or 0.0
+
+
+def _print_tables(
+    console: Any, dense: Any, dense_acc: float, adntn_acc: float, report: Any
+) -> None:
+    """Step 3: accuracy side by side, then the compression table."""
+    from rich.table import Table
 
     dense_params = sum(p.numel() for p in dense.parameters())
     table = Table(title="Test accuracy (shipped Fashion-MNIST subset)")
@@ -146,40 +191,37 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(report.table())
 
+
+def _write_outputs(
+    out: Path,
+    dense: Any,
+    student: Any,
+    report: Any,
+    train_ds: Any,
+    test_ds: Any,
+    epochs: int,
+) -> dict[str, Any]:
+    """Step 4: both models and the compression report; returns the summary's common part."""
+    from adntn_export.commands.train import _save
+
     out.mkdir(parents=True, exist_ok=True)
     dense_path = _save(dense, "small_cnn", out / "dense.pt")
     adntn_path = _save(student, "small_cnn", out / "adntn.pt")
     (out / "compression.json").write_text(report.to_json())
-    summary: dict[str, Any] = {
+    return {
         "data": "shipped Fashion-MNIST subset",
         "train_images": len(train_ds),
         "test_images": len(test_ds),
         "epochs_per_stage": epochs,
         "compression": DEMO_COMPRESSION,
-        "dense_accuracy": dense_acc,
-        "adntn_accuracy": adntn_acc,
-        "adntn_accuracy_after_fit": acc_fit,
-        "fit_relative_error": fit,
+        "fit_relative_error": {k: v.relative_error for k, v in student.adntn_fit_report.items()},
         "compressed_layer_ratio": report.total_ratio,
         "compressed_layer_weight_ratio": report.weight_ratio,
         "model_ratio": report.model_ratio,
-        "dense_params": dense_params,
+        "dense_params": sum(p.numel() for p in dense.parameters()),
         "adntn_stored_params": report.model_stored_params,
         "files": {"dense": str(dense_path), "adntn": str(adntn_path)},
     }
-    if not args.no_onnx:
-        summary["onnx"] = _onnx_check(student, test_ds, out, console)
-    summary["seconds"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(
-        f"Done in {summary['seconds']:.0f} s: dense {dense_acc:.4f} vs ADNTN {adntn_acc:.4f}; "
-        f"fc1 stored in {report.adntn_stored_params:,} numbers instead of "
-        f"{report.adntn_dense_params:,} ({report.total_ratio:,.0f}x).\n"
-        f"Wrote {out}/: dense.pt, adntn.pt (load with adntn_export.checkpoint.load_model), "
-        f"compression.json, summary.json"
-        + (", adntn.onnx" if summary.get("onnx", {}).get("path") else "")
-    )
-    return 0
 
 
 def _onnx_check(model: Any, test_ds: Any, out: Path, console: Any) -> dict[str, Any]:

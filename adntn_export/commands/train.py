@@ -126,9 +126,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``adntn train``."""
     import torch
 
-    from adntn_export.compress import compress
-    from adntn_export.report import compression_report
-    from adntn_export.training import TrainConfig, dataset_for, evaluate, train
+    from adntn_export.training import TrainConfig, dataset_for, train
     from adntn_models import get_model
 
     ck = compress_kwargs(args)
@@ -169,30 +167,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"dense {args.model}: test accuracy {dense_res.test_accuracy:.4f}")
     report = None
     if ck is not None:
-        import copy
-
-        teacher = copy.deepcopy(model)
-        calib = torch.stack([train_ds[i][0] for i in range(min(256, len(train_ds)))])
-        compress(model, calibration=calib, verbose=True, **ck)
-        acc_fit = evaluate(model, test_ds)[1]
-        print(f"after layer-wise fit: test accuracy {acc_fit:.4f}")
-        res = train(
-            model,
-            train_ds,
-            config=cfg,
-            teacher=teacher,
-            calibration=calib if args.reconstruction else None,
-            test_data=test_ds,
-            description=f"{args.model} ADNTN",
-        )
-        report = compression_report(model)
-        summary["adntn"] = {
-            **res.to_dict(),
-            "accuracy_after_fit": acc_fit,
-            "compression": report.to_dict(),
-        }
+        summary["adntn"], report = _compressed_stage(args, model, ck, cfg, train_ds, test_ds)
         print(
-            f"ADNTN {args.model}: test accuracy {res.test_accuracy:.4f} "
+            f"ADNTN {args.model}: test accuracy {summary['adntn']['test_accuracy']:.4f} "
             f"(dense {dense_res.test_accuracy:.4f}); "
             f"compressed layers {report.total_ratio:,.0f}x"
         )
@@ -205,6 +182,43 @@ def run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"wrote {path} and {out / 'summary.json'}")
     return 0
+
+
+def _compressed_stage(
+    args: argparse.Namespace,
+    model: Any,
+    ck: dict[str, Any],
+    cfg: Any,
+    train_ds: Any,
+    test_ds: Any,
+) -> tuple[dict[str, Any], Any]:
+    """Compress the trained ``model`` in place (layer-wise fit), then fine-tune it with the
+    dense copy as the teacher. Returns the stage's summary and its compression report."""
+    import copy
+
+    import torch
+
+    from adntn_export.compress import compress
+    from adntn_export.report import compression_report
+    from adntn_export.training import evaluate, train
+
+    teacher = copy.deepcopy(model)
+    calib = torch.stack([train_ds[i][0] for i in range(min(256, len(train_ds)))])
+    compress(model, calibration=calib, verbose=True, **ck)
+    acc_fit = evaluate(model, test_ds)[1]
+    print(f"after layer-wise fit: test accuracy {acc_fit:.4f}")
+    res = train(
+        model,
+        train_ds,
+        config=cfg,
+        teacher=teacher,
+        calibration=calib if args.reconstruction else None,
+        test_data=test_ds,
+        description=f"{args.model} ADNTN",
+    )
+    report = compression_report(model)
+    stage = {**res.to_dict(), "accuracy_after_fit": acc_fit, "compression": report.to_dict()}
+    return stage, report
 
 
 def _save(model: Any, name: str, path: Path) -> Path:
