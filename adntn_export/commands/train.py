@@ -105,6 +105,74 @@ def _check_args(args: argparse.Namespace, compressing: bool) -> None:
     check_output_dir("--checkpoint-dir", args.checkpoint_dir)
 
 
+#: What a run is: every flag that changes the trained model. ``--resume`` must keep them all.
+_RUN_FLAGS: tuple[str, ...] = (
+    "model",
+    "root",
+    "limit",
+    "epochs",
+    "dense_epochs",
+    "batch_size",
+    "lr",
+    "core_lr",
+    "optimizer",
+    "seed",
+    "distill",
+    "temperature",
+    "reconstruction",
+    "recipe",
+    "layers",
+    "network",
+    "bond_dim",
+    "activation",
+    "bias",
+    "num_sites",
+    "fit_steps",
+)
+#: Written in --checkpoint-dir: the settings of the run whose checkpoints it holds.
+SETTINGS_NAME = "settings.json"
+
+
+def _flag(attr: str) -> str:
+    return "model" if attr == "model" else "--" + attr.replace("_", "-")
+
+
+def _check_run_settings(args: argparse.Namespace) -> Path | None:
+    """With --resume, refuse a --checkpoint-dir whose run had other settings (naming each
+    changed flag with its old and new value). Returns where the settings go (or None)."""
+    if not args.checkpoint_dir:
+        return None
+    path = Path(args.checkpoint_dir) / SETTINGS_NAME
+    if not (args.resume and path.is_file()):
+        return path
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--resume: cannot read {str(path)!r} ({exc}); delete it to resume anyway"
+        ) from None
+    now = json.loads(json.dumps({a: getattr(args, a) for a in _RUN_FLAGS}))
+    changed = [a for a in _RUN_FLAGS if a in old and old[a] != now[a]]
+    if changed:
+        what = "; ".join(f"{_flag(a)} was {old[a]!r}, now {now[a]!r}" for a in changed)
+        raise ValueError(
+            f"--resume: --checkpoint-dir {args.checkpoint_dir!r} holds a run with other "
+            f"settings ({what}); rerun with the old values, or start over with another "
+            "--checkpoint-dir"
+        )
+    return path
+
+
+def _write_run_settings(path: Path | None, args: argparse.Namespace) -> None:
+    if path is None:
+        return
+    from adntn_runtime.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(json.dumps({a: getattr(args, a) for a in _RUN_FLAGS}, indent=1).encode())
+
+
 def _check_resume(cfg: Any, stage: str) -> None:
     """Refuse, before any work, to resume a stage whose checkpoint has other settings."""
     from adntn_export.training import ResumeMismatchError, check_resume
@@ -151,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.temperature = args.temperature
     cfg.reconstruction_weight = args.reconstruction
     cfg.core_lr = args.core_lr
-    _check_resume(dense_cfg, "dense")
+    settings = _check_run_settings(args)
+    _check_resume(dense_cfg, "dense")  # checkpoints written before settings.json existed
     if ck is not None:
         _check_resume(cfg, "adntn")
     train_ds = dataset_for(args.model, "train", root=args.root, limit=args.limit)
@@ -159,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = get_model(args.model)
     check_compression_plan(model, ck)
+    _write_run_settings(settings, args)
     summary: dict[str, Any] = {"model": args.model, "train_images": len(train_ds)}
     dense_res = train(
         model, train_ds, config=dense_cfg, test_data=test_ds, description=f"{args.model} dense"

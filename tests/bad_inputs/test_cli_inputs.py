@@ -186,12 +186,14 @@ def trained(place, capsys):
 @pytest.mark.parametrize(
     ("change", "must"),
     [
-        (["--epochs", "2"], ["--dense-epochs/--epochs was 1, now 2"]),
+        (["--epochs", "2"], ["--epochs was 1, now 2"]),
         (["--lr", "0.01"], ["--lr was 0.001, now 0.01"]),
         (["--seed", "3", "--batch-size", "32"], ["--batch-size was 64, now 32", "--seed was 0"]),
         (["--optimizer", "sgd"], ["--optimizer was 'adam', now 'sgd'"]),
+        (["--limit", "128"], ["--limit was 64, now 128"]),
+        (["--layers", "fc1", "--bond-dim", "2"], ["--layers was None, now ['fc1']"]),
     ],
-    ids=["epochs", "lr", "seed+batch", "optimizer"],
+    ids=["epochs", "lr", "seed+batch", "optimizer", "limit", "compression"],
 )
 def test_resume_with_changed_settings_is_refused(change, must, trained, capsys):
     argv = ["train", "mlp", *TINY, "--checkpoint-dir", "ck", "--out", "o2", "--resume", *change]
@@ -202,9 +204,19 @@ def test_resume_with_changed_settings_is_refused(change, must, trained, capsys):
     assert code == 2, err
     for text in must:
         assert text in err, (text, err)
-    assert "another --checkpoint-dir" in err and "ck/dense/last.pt" in err
+    assert "another --checkpoint-dir" in err and "--checkpoint-dir 'ck'" in err
     assert time.perf_counter() - t0 < LIMIT_S
     assert _snapshot(trained) == before
+
+
+def test_resume_of_older_checkpoint_checks_its_training_settings(trained, capsys):
+    """Without settings.json (checkpoints of an earlier adntn), the checkpoint's own
+    training settings are compared."""
+    (trained / "ck" / "settings.json").unlink()
+    argv = ["train", "mlp", *TINY, "--checkpoint-dir", "ck", "--out", "o2", "--resume"]
+    assert main([*argv, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--dense-epochs/--epochs was 1, now 2" in err and "ck/dense/last.pt" in err
 
 
 def test_resume_with_same_settings_continues(trained, capsys):
