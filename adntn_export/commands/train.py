@@ -58,7 +58,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--checkpoint-dir", help="write training checkpoints (last.pt) here")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint-dir, with the same settings (a change is refused)",
+    )
     p.add_argument("--out", default="adntn-train", help="output directory (default ./adntn-train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compress_args(p)
