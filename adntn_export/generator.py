@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.policy import check_memory
 from adntn_runtime.schedule import Activate, Contract, Schedule, Step, Tile
 
 __all__ = [
@@ -232,6 +233,11 @@ class WeightGenerator(nn.Module):
 
     def _weight(self) -> torch.Tensor:
         plan = self.plan
+        itemsize = next(iter(self.cores.values())).element_size()
+        check_memory(
+            plan.rows_padded * plan.cols_padded * itemsize,
+            f"the {plan.out_features}x{plan.in_features} weight (mode 'materialize')",
+        )
         cores = dict(self.cores.items())
         with _generation_precision(cores):
             w = run_schedule(plan.schedule("materialize"), cores)

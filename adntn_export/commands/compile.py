@@ -19,7 +19,9 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
 
 def _handler(args: argparse.Namespace) -> int:
     from adntn_export.tvm_backend.compile import compile_onnx
+    from adntn_runtime.files import read_onnx
 
+    read_onnx(args.model, allow_nonfinite=args.allow_nonfinite)  # untrusted: validate first
     manifest = compile_onnx(
         args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)
     )
@@ -51,5 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME=D0,D1",
         help="static shape for a dynamic input (repeatable)",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="compile a model whose ADNTN layers hold NaN/Inf (refused by default)",
     )
     p.set_defaults(handler=_handler)

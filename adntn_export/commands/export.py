@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--static-batch", action="store_true", help="fix the batch dimension (default: dynamic)"
     )
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load and export a checkpoint holding NaN/Inf (refused by default)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -45,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, kind="model", allow_nonfinite=args.allow_nonfinite)
+    assert ckpt.model is not None and ckpt.example_input_shape is not None
     shape = (args.batch, *ckpt.example_input_shape[1:])
     example = torch.randn(shape)
     try:
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset,
             dynamic_batch=not args.static_batch,
             einsum=not args.no_einsum,
+            allow_nonfinite=args.allow_nonfinite,
         )
     except PermissionError as exc:
         print(f"adntn export: error: {exc}", file=sys.stderr)
