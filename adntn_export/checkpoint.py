@@ -500,10 +500,9 @@ def _check_finite(path: Path, tensors: Mapping[str, Any]) -> None:
             and value.is_floating_point()
             and not bool(torch.isfinite(value).all())
         ):
-            layer, _, tensor = str(key).rpartition(".")
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(
-                f"checkpoint {str(path)!r}: layer {layer!r} {tensor} holds {bad} NaN/Inf "
+                f"checkpoint {str(path)!r}: tensor {str(key)!r} holds {bad} NaN/Inf "
                 "value(s); valid: finite values (pass allow_nonfinite=True, or "
                 "--allow-nonfinite on the command line, to load it anyway)"
             )

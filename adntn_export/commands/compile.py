@@ -18,10 +18,11 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from adntn_export.tvm_backend.compile import compile_onnx
     from adntn_runtime.files import read_onnx
 
     read_onnx(args.model, allow_nonfinite=args.allow_nonfinite)  # untrusted: validate first
+    from adntn_export.tvm_backend.compile import compile_onnx
+
     manifest = compile_onnx(
         args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)
     )

@@ -194,10 +194,11 @@ class ADNTNPlan:
         if not isinstance(network, str) or network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; valid networks: {list(NETWORKS)}")
         self.network = network
-        self.arity = _check_positive_int(arity, "arity", MAX_ARITY)
-        if self.arity < 2:
+        self.arity = _check_positive_int(arity, "arity")
+        if not 2 <= self.arity <= MAX_ARITY:
             raise ValueError(
-                f"arity must be >= 2 (2 = binary tree), got {arity}; valid arity: 2..{MAX_ARITY}"
+                f"arity must be >= 2 (2 = binary tree) and <= {MAX_ARITY}, got arity={arity}; "
+                f"valid arity: 2..{MAX_ARITY}"
             )
         if num_sites is None:
             num_sites = choose_num_sites(self.out_features, self.in_features)

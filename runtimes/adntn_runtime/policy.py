@@ -210,14 +210,19 @@ def check_layers_fit(
             modes = [forced[name]]
         else:
             modes = [m for m in MODES if m != "fused" or plan.top_is_linear]
-        sizes = {m: layer_memory_bytes(plan, m, batch, tile_rows=tile_rows) for m in modes}
+        io = batch * (plan.in_features + plan.out_features) * 4  # not in materialize's count
+        sizes = {
+            m: layer_memory_bytes(plan, m, batch, tile_rows=tile_rows)
+            + (io if m == "materialize" else 0)
+            for m in modes
+        }
         mode = min(sizes, key=sizes.__getitem__)
         total += sizes[mode]
         parts.append(
-            f"{name or 'layer'} ({plan.out_features}x{plan.in_features}) {mode}"
-            f"{' (forced)' if name in forced else ''} {sizes[mode] / MB:,.0f} MB"
+            f"{name or 'layer'} {plan.out_features}x{plan.in_features} in {mode}"
+            f"{' (forced)' if name in forced else ''}: {sizes[mode] / MB:,.0f} MB"
         )
-    check_memory(total, f"batch {batch}: {', '.join(parts)}", available=available)
+    check_memory(total, f"loading at batch {batch} ({', '.join(parts)})", available=available)
 
 
 def _written_elements(plan: ADNTNPlan, mode: str, batch: int, tile_rows: int | None) -> int:
