@@ -386,3 +386,29 @@ def test_sampled_init_scale_is_close() -> None:
     with torch.no_grad():
         std = float(layer.dense_weight().std())
     assert std == pytest.approx(1 / (3 * 4096) ** 0.5, rel=0.15)
+
+
+def test_format1_files_of_the_old_layer_serialiser_still_load(tmp_path: Path) -> None:
+    path = adntn_checkpoint(tmp_path / "c.pt")
+    state = torch.load(path, weights_only=True)
+    old = {}
+    for name, cfg in state["adntn_layers"].items():
+        args = {k: v for k, v in cfg.items() if k not in ("type", "bias_bond_dim")}
+        old[name] = {"class": cfg["type"], "args": args}
+    state["adntn_layers"] = old
+    state["builder"] = None
+    torch.save(state, tmp_path / "old.pt")
+    model = load_model(tmp_path / "old.pt")
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), load_model(path)(x))
+
+
+def test_allow_nonfinite_flag_exports(tmp_path: Path) -> None:
+    path = adntn_checkpoint(tmp_path / "c.pt", nan=True)
+    out = tmp_path / "o.onnx"
+    run_cli(["export", path, "-o", out, "--allow-nonfinite", "--mode", "auto"])()
+    assert out.is_file()
+    with pytest.raises(ValueError, match=r"NaN/Inf.*allow_nonfinite=True"):
+        read_onnx(out)
+    assert read_onnx(out, allow_nonfinite=True).graph.node
