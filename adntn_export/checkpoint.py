@@ -371,32 +371,32 @@ def _load_model_checkpoint(path: Path, state: dict[str, Any], allow_nonfinite: b
         _check_finite(path, tensors)
 
     def build(device: str | None) -> nn.Module:
-        with torch.device(device) if device else contextlib.nullcontext():
-            if builder is not None:
-                factory = _builder(builder, where)
-                try:
+        if builder is not None:
+            factory = _builder(builder, where)
+            try:
+                with torch.device(device) if device else contextlib.nullcontext():
                     model = factory(**kwargs)
-                except (TypeError, ValueError) as exc:
-                    raise CheckpointError(
-                        f"{where}: builder {builder!r} refused kwargs {kwargs!r}: {exc}"
-                    ) from None
-                if not isinstance(model, nn.Module):
-                    raise CheckpointError(f"{where}: builder {builder!r} returned no nn.Module")
-            else:
-                model = _from_spec(where, state.get("sequential"))
-            modules = dict(model.named_modules())
-            for name, config in configs.items():
-                parent_name, _, attr = name.rpartition(".")
-                if not attr or parent_name not in modules:
-                    raise CheckpointError(
-                        f"{where}: ADNTN layer {name!r} has no parent module in the rebuilt "
-                        f"model; valid parents: {sorted(modules)[:12]}"
-                    )
-                try:
-                    layer = ADNTNLayer.from_config(config, device=device)
-                except (TypeError, ValueError) as exc:
-                    raise CheckpointError(f"{where}: ADNTN layer {name!r}: {exc}") from None
-                setattr(modules[parent_name], attr, layer)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{where}: builder {builder!r} refused kwargs {kwargs!r}: {exc}"
+                ) from None
+            if not isinstance(model, nn.Module):
+                raise CheckpointError(f"{where}: builder {builder!r} returned no nn.Module")
+        else:
+            model = _from_spec(where, state.get("sequential"), device=device)
+        modules = dict(model.named_modules())
+        for name, config in configs.items():
+            parent_name, _, attr = name.rpartition(".")
+            if not attr or parent_name not in modules:
+                raise CheckpointError(
+                    f"{where}: ADNTN layer {name!r} has no parent module in the rebuilt "
+                    f"model; valid parents: {sorted(modules)[:12]}"
+                )
+            try:
+                layer = ADNTNLayer.from_config(config, device=device)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{where}: ADNTN layer {name!r}: {exc}") from None
+            setattr(modules[parent_name], attr, layer)
         return model
 
     _check_sizes(where, build("meta"), tensors)
@@ -431,7 +431,9 @@ def _layer_config(where: str, name: object, config: object) -> dict[str, Any]:
     return dict(config)
 
 
-def _from_spec(where: str, spec: object, path: str = "") -> nn.Sequential:
+def _from_spec(
+    where: str, spec: object, path: str = "", *, device: str | None = None
+) -> nn.Sequential:
     valid = sorted([*SEQUENTIAL_LAYERS, "Sequential", "ADNTN"])
     if not isinstance(spec, list):
         raise CheckpointError(
@@ -445,7 +447,7 @@ def _from_spec(where: str, spec: object, path: str = "") -> nn.Sequential:
         if kind == "ADNTN":
             layers.append(nn.Identity())  # replaced by the stored ADNTN layer
         elif kind == "Sequential":
-            layers.append(_from_spec(where, entry.get("layers"), f"{at}."))
+            layers.append(_from_spec(where, entry.get("layers"), f"{at}.", device=device))
         elif isinstance(kind, str) and kind in SEQUENTIAL_LAYERS:
             cls, names = SEQUENTIAL_LAYERS[kind]
             args = entry.get("args", {})
@@ -455,8 +457,9 @@ def _from_spec(where: str, spec: object, path: str = "") -> nn.Sequential:
                     f"{where}: layer {at!r} ({kind}) has arguments {args!r}; valid: "
                     f"{sorted(allowed)}"
                 )
+            extra = {"device": device} if kind in ("Linear", "Conv2d") else {}
             try:
-                layers.append(cls(**args))
+                layers.append(cls(**args, **extra))
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise CheckpointError(f"{where}: layer {at!r} ({kind}{args}): {exc}") from None
         else:

@@ -118,7 +118,12 @@ class WeightGenerator(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self, init_std: float | None = None) -> None:
-        """Random cores with unit-variance levels, then the root rescaled to ``init_std``."""
+        """Random cores with unit-variance levels, then the root rescaled to ``init_std``.
+
+        Cores on the ``meta`` device (a layer built to check sizes only) hold no values and
+        are left alone."""
+        if any(p.is_meta for p in self.cores.values()):
+            return
         if init_std is None:
             init_std = 1.0 / math.sqrt(3.0 * self.plan.in_features)
         for name, spec in self.plan.cores.items():

@@ -53,6 +53,7 @@ __all__ = [
     "check_layers_fit",
     "check_memory",
     "choose_modes",
+    "fitting",
     "layer_candidates",
     "layer_memory_bytes",
     "predict_latency_ms",
@@ -188,6 +189,14 @@ def check_memory(nbytes: int, what: str, *, available: int | None = None) -> Non
             "mode instead of materialize)",
             nbytes / MB,
         )
+
+
+def fitting(candidates: Sequence[Candidate], *, available: int | None = None) -> list[Candidate]:
+    """The candidates whose memory fits in this machine (all of them when none does, so that
+    the caller's error names them): a mode that cannot be allocated is never measured or
+    chosen, whatever its predicted latency."""
+    free = available_memory_bytes() if available is None else available
+    return [c for c in candidates if c.memory_bytes <= free] or list(candidates)
 
 
 def check_layers_fit(

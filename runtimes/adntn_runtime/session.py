@@ -51,6 +51,7 @@ from adntn_runtime.policy import (
     LayerChoice,
     check_layers_fit,
     choose_modes,
+    fitting,
     layer_candidates,
 )
 from adntn_runtime.schedule import Contract
@@ -734,7 +735,7 @@ def load(
 
     for name in free:
         spec, node = specs[name]
-        cands = layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows)
+        cands = fitting(layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows))
         if cache is not None:
             shape = _layer_input_shape(model, node.input[0], batch)
             if shape is None and spec.kind == "linear" and spec.input_rank == 2:

@@ -412,3 +412,22 @@ def test_allow_nonfinite_flag_exports(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"NaN/Inf.*allow_nonfinite=True"):
         read_onnx(out)
     assert read_onnx(out, allow_nonfinite=True).graph.node
+
+
+def test_auto_load_of_a_4tib_layer_never_picks_materialize(tmp_path: Path) -> None:
+    path = save(auto_model(2**20, 2**20, bias=False), tmp_path / "big.onnx")
+    start = time.monotonic()
+    session = adntn_runtime.load(path, calibrate=False)
+    assert time.monotonic() - start < LIMIT_S
+    assert session.decisions["fc"].mode != "materialize"
+
+
+def test_checkpoint_of_a_large_valid_adntn_layer_loads_fast(tmp_path: Path) -> None:
+    model = nn.Sequential(ADNTNLinear(100000, 100000, bias=False, mode="fused"))
+    path = save_model(model, tmp_path / "big.pt", example_input_shape=(1, 100000))
+    start = time.monotonic()
+    again = load_model(path)
+    assert time.monotonic() - start < LIMIT_S
+    x = torch.randn(2, 100000)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
