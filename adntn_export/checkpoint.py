@@ -344,6 +344,9 @@ def load_checkpoint(
                 )
         if not isinstance(state["model"], dict):
             raise CheckpointError(f"checkpoint {str(path)!r}: 'model' is not a state dict")
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        for rng in rngs:
+            _check_rng(path, rng)
         if not allow_nonfinite:
             _check_finite(path, state["model"])
         return Checkpoint("training", path, state)
@@ -493,6 +496,34 @@ def _check_sizes(where: str, meta: nn.Module, tensors: Mapping[str, torch.Tensor
         raise CheckpointError(
             f"{where}: the architecture holds {unsaved:,} buffer elements outside the state "
             f"dict; at most {MAX_UNSAVED_ELEMENTS:,} are accepted"
+        )
+
+
+def _check_rng(path: Path, rng: object) -> None:
+    """A training state's RNG states are what :func:`torch.set_rng_state`,
+    :func:`numpy.random.set_state` and :func:`random.setstate` accept."""
+    ok = isinstance(rng, dict)
+    if ok:
+        torch_state, keys = rng.get("torch"), rng.get("numpy_keys")
+        python = rng.get("python")
+        ok = (
+            isinstance(torch_state, torch.Tensor)
+            and torch_state.dtype == torch.uint8
+            and torch_state.shape == torch.get_rng_state().shape
+            and isinstance(keys, torch.Tensor)
+            and tuple(keys.shape) == (624,)
+            and all(isinstance(rng.get(k), int) for k in ("numpy_pos", "numpy_has_gauss"))
+            and isinstance(rng.get("numpy_cached_gaussian"), float)
+            and isinstance(python, tuple | list)
+            and len(python) == 3
+            and isinstance(python[1], tuple | list)
+            and len(python[1]) == 625
+        )
+    if not ok:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: 'rng' is not a valid set of RNG states (torch, numpy "
+            "and python, as adntn training writes them); valid: a state written by "
+            "adntn_export.training.train"
         )
 
 

@@ -230,6 +230,9 @@ CASES = [
          ValueError, (r"newer adntn ONNX format '2'", r"reads adntn ONNX format 1")),
     Case("plan-format-newer", _onnx(lambda: tamper_plan(auto_model(), format=7)),
          ValueError, (r"newer plan format 7", r"reads plan format 1")),
+    Case("training-rng-garbage", _file_then(load_training_state, training_state,
+                                            rng={"torch": torch.zeros(10**3)}),
+         CheckpointError, (r"'rng' is not a valid set of RNG states", r"valid: a state written")),
     # --- hostile sizes --------------------------------------------------------------------------
     Case("ckpt-adntn-100000", _ckpt(adntn_layers=_BIG_ADNTN, sequential=[{"type": "ADNTN"}]),
          CheckpointError, (r"missing \['0\.weight_generator", r"unexpected \['0\.weight'")),
