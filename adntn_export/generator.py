@@ -24,14 +24,28 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adntn_runtime.plan import ADNTNPlan
-from adntn_runtime.schedule import Contract, Schedule, Step, Tile
+from adntn_runtime.policy import check_memory
+from adntn_runtime.schedule import Activate, Contract, Schedule, Step, Tile
 
-__all__ = ["ACTIVATION_FUNCTIONS", "WeightGenerator", "run_schedule"]
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "EXACT_SCALE_ENTRIES",
+    "SCALE_SAMPLE_GRIDS",
+    "WeightGenerator",
+    "run_schedule",
+]
+
+#: Weights with at most this many entries are formed whole (tile by tile) to measure the
+#: initialisation scale; larger ones are sampled (:meth:`WeightGenerator.scale_to`).
+EXACT_SCALE_ENTRIES = 2**22
+#: Sub-grids (each at most 4 x 4 entries) sampled to measure the scale of a larger weight.
+SCALE_SAMPLE_GRIDS = 512
 
 T = TypeVar("T")
 
@@ -104,7 +118,12 @@ class WeightGenerator(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self, init_std: float | None = None) -> None:
-        """Random cores with unit-variance levels, then the root rescaled to ``init_std``."""
+        """Random cores with unit-variance levels, then the root rescaled to ``init_std``.
+
+        Cores on the ``meta`` device (a layer built to check sizes only) hold no values and
+        are left alone."""
+        if any(p.is_meta for p in self.cores.values()):
+            return
         if init_std is None:
             init_std = 1.0 / math.sqrt(3.0 * self.plan.in_features)
         for name, spec in self.plan.cores.items():
@@ -125,35 +144,68 @@ class WeightGenerator(nn.Module):
     def scale_to(self, std: float) -> None:
         """Rescale the root core so the generated weight's entries have this standard deviation.
 
-        Exact for a linear top step (the weight is linear in the root core); with a
-        ``final_activation`` it is applied to the pre-activation, which is close for
-        small weights.
+        The current scale is the root mean square of the (pre-activation) weight: measured on
+        the whole weight when it has at most :data:`EXACT_SCALE_ENTRIES` entries, else on a
+        fixed, bounded sample of entries (:data:`SCALE_SAMPLE_GRIDS` small sub-grids), so the
+        cost never grows with the weight. Exact for a linear top step (the weight is linear in
+        the root core); with a ``final_activation`` it is applied to the pre-activation, which
+        is close for small weights. Cores on the ``meta`` device are left as they are.
         """
-        sq = 0.0
-        for _, _, w in self._tiles_pre_activation():
-            sq += float(w.double().pow(2).sum())
-        current = math.sqrt(sq / self.plan.dense_parameters)
+        if any(p.is_meta for p in self.cores.values()):
+            return
+        if self.plan.dense_parameters <= EXACT_SCALE_ENTRIES:
+            sch = self._pre_activation(self.plan.schedule("regenerate"))
+            sq = sum(float(w.double().pow(2).sum()) for _, _, w in self._run_tiles(sch))
+            current = math.sqrt(sq / self.plan.dense_parameters)
+        else:
+            current = self._sampled_rms()
         if current > 0:
             self.cores["root"].mul_(std / current)
         self._cache.clear()
 
-    def _tiles_pre_activation(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+    @staticmethod
+    def _pre_activation(sch: Schedule) -> Schedule:
+        """``sch`` stopped before the final activation (unchanged for a linear top step)."""
+        if not isinstance(sch.steps[-1], Activate):
+            return sch
+        steps = sch.steps[:-1]
+        return Schedule(
+            sch.mode, steps, sch.inputs, steps[-1].output, sch.output_legs, sch.dims, sch.tiles,
+            sch.row_legs,
+        )  # fmt: skip
+
+    def _sampled_rms(self) -> float:
+        """Root mean square of the pre-activation weight over a fixed sample of sub-grids.
+
+        Each sub-grid fixes a random row digit and column digit at every site (two
+        consecutive values at the first sites, so a grid holds at most 4 x 4 entries), slices
+        the leaves accordingly and runs the materialize steps on them; the grids run together
+        under ``torch.vmap``. The positions come from a private generator with a fixed seed,
+        so the global RNG streams are untouched.
+        """
         plan = self.plan
-        sch = plan.schedule("regenerate")
-        final = plan.final_activation
-        if final is not None:  # stop before the final activation
-            steps = sch.steps[:-1]
-            sch = Schedule(
-                sch.mode,
-                steps,
-                sch.inputs,
-                steps[-1].output,
-                sch.output_legs,
-                sch.dims,
-                sch.tiles,
-                sch.row_legs,
-            )
-        yield from self._run_tiles(sch)
+        sch = self._pre_activation(plan.schedule("materialize"))
+        cores = dict(self.cores.items())
+        rng = np.random.default_rng(0)
+        slices: dict[str, list[torch.Tensor]] = {f"leaf{k}": [] for k in range(plan.num_sites)}
+        for _ in range(SCALE_SAMPLE_GRIDS):
+            span_i = span_j = 1
+            for k in range(plan.num_sites):
+                m, n = plan.row_factors[k], plan.col_factors[k]
+                ri, rj = min(m, max(1, 4 // span_i)), min(n, max(1, 4 // span_j))
+                i0 = int(rng.integers(0, m - ri + 1))
+                j0 = int(rng.integers(0, n - rj + 1))
+                span_i, span_j = span_i * ri, span_j * rj
+                slices[f"leaf{k}"].append(cores[f"leaf{k}"][i0 : i0 + ri, j0 : j0 + rj])
+        leaves = {name: torch.stack(parts) for name, parts in slices.items()}
+        fixed = {k: v for k, v in cores.items() if k not in leaves}
+
+        def one(grid: dict[str, torch.Tensor]) -> torch.Tensor:
+            return run_schedule(sch, {**fixed, **grid})
+
+        with _generation_precision(cores):
+            w = torch.vmap(one)(leaves)
+        return math.sqrt(float(w.double().pow(2).mean()))
 
     # ------------------------------------------------------------------ caching
     def _key(self) -> tuple:
@@ -186,6 +238,11 @@ class WeightGenerator(nn.Module):
 
     def _weight(self) -> torch.Tensor:
         plan = self.plan
+        itemsize = next(iter(self.cores.values())).element_size()
+        check_memory(
+            plan.rows_padded * plan.cols_padded * itemsize,
+            f"the {plan.out_features}x{plan.in_features} weight (mode 'materialize')",
+        )
         cores = dict(self.cores.items())
         with _generation_precision(cores):
             w = run_schedule(plan.schedule("materialize"), cores)

@@ -17,6 +17,7 @@ All three give the same output up to rounding.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,13 +54,36 @@ def _check_size(name: str, value: object) -> None:
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2:
-        pair = (int(value[0]), int(value[1]))
-    else:
+    """``value`` as a pair of ints; anything else (floats included: never truncated) is refused."""
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    if items is None:
+        items = [value, value]
+    if len(items) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in items
+    ):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair
+    return int(items[0]), int(items[1])
+
+
+#: Keys of :meth:`ADNTNLayer.config` shared by both layer kinds.
+_CONFIG_KEYS = (
+    "network",
+    "bond_dim",
+    "activation",
+    "final_activation",
+    "bias",
+    "mode",
+    "tile_rows",
+    "arity",
+    "num_sites",
+    "disentangler_rank",
+    "bias_bond_dim",
+)
+_SHAPE_KEYS = {
+    "ADNTNLinear": ("in_features", "out_features"),
+    "ADNTNConv2d": ("in_channels", "out_channels", "kernel_size"),
+}
+_OPTIONAL_SHAPE_KEYS = {"ADNTNLinear": (), "ADNTNConv2d": ("stride", "padding", "dilation")}
 
 
 class ADNTNLayer(nn.Module):
@@ -209,21 +233,39 @@ class ADNTNLayer(nn.Module):
         raise NotImplementedError
 
     @staticmethod
-    def from_config(cfg: dict[str, Any]) -> ADNTNLayer:
-        """Rebuild a layer (either kind) from :meth:`config` output."""
-        kinds = {"ADNTNLinear": ADNTNLinear, "ADNTNConv2d": ADNTNConv2d}
+    def from_config(cfg: dict[str, Any], *, device: torch.device | str | None = None) -> ADNTNLayer:
+        """Rebuild a layer (either kind) from :meth:`config` output.
+
+        ``cfg`` may come from a file: only the keys :meth:`config` writes are accepted, each
+        checked by the constructor. ``device="meta"`` builds it without allocating anything.
+
+        Raises:
+            ValueError: an unknown ``type``, missing or unknown keys, or a bad value.
+        """
+        kinds: dict[str, type[ADNTNLayer]] = {
+            "ADNTNLinear": ADNTNLinear,
+            "ADNTNConv2d": ADNTNConv2d,
+        }
+        if not isinstance(cfg, dict):
+            raise ValueError(f"an ADNTN layer config must be a dict, got {type(cfg).__name__}")
         kwargs = dict(cfg)
         kind = kwargs.pop("type", None)
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             raise ValueError(f"unknown ADNTN layer type {kind!r}; valid: {list(kinds)}")
-        if kind == "ADNTNLinear":
-            return ADNTNLinear(kwargs.pop("in_features"), kwargs.pop("out_features"), **kwargs)
-        return ADNTNConv2d(
-            kwargs.pop("in_channels"),
-            kwargs.pop("out_channels"),
-            kwargs.pop("kernel_size"),
-            **kwargs,
-        )
+        shape_keys = _SHAPE_KEYS[kind]
+        valid = set(_CONFIG_KEYS) | set(shape_keys) | set(_OPTIONAL_SHAPE_KEYS[kind])
+        missing = sorted(set(shape_keys) - set(kwargs))
+        unknown = sorted(set(kwargs) - valid)
+        if missing or unknown:
+            raise ValueError(
+                f"{kind} config has missing keys {missing} and unknown keys {unknown}; valid "
+                f"keys: {sorted(valid)}"
+            )
+        positional = [kwargs.pop(k) for k in shape_keys]
+        try:
+            return kinds[kind](*positional, **kwargs, device=device)
+        except TypeError as exc:
+            raise ValueError(f"bad {kind} config: {exc}") from None
 
     def get_bias(self) -> torch.Tensor | None:
         """The bias vector (generated on the fly for ``bias='generated'``)."""

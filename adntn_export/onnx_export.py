@@ -47,7 +47,7 @@ from torch import nn
 
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
 from adntn_runtime import onnx_lowering as lowering
-from adntn_runtime.files import atomic_write
+from adntn_runtime.files import ONNX_FORMAT, ONNX_FORMAT_KEY, atomic_write
 from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
 
 __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
@@ -163,6 +163,7 @@ class _Placeholder(nn.Module):
         self.layer_name = name
         self.kind = "conv2d" if isinstance(layer, ADNTNConv2d) else "linear"
         self.out = layer.plan.out_features
+        self.width = layer.in_channels if isinstance(layer, ADNTNConv2d) else layer.in_features
         if isinstance(layer, ADNTNConv2d):
             self.conv = (
                 list(layer.kernel_size),
@@ -172,6 +173,13 @@ class _Placeholder(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 1 if self.kind == "conv2d" else -1
+        if (self.kind == "conv2d" and x.dim() != 4) or x.shape[dim] != self.width:
+            want = f"(N, {self.width}, H, W)" if self.kind == "conv2d" else f"(..., {self.width})"
+            raise ValueError(
+                f"ADNTN layer {self.layer_name or 'layer'!r} gets an input of shape "
+                f"{tuple(x.shape)}; valid: {want}"
+            )
         if self.kind == "conv2d":
             return torch.ops.adntn_onnx.conv2d_placeholder(x, self.layer_name, self.out, *self.conv)
         return torch.ops.adntn_onnx.linear_placeholder(x, self.layer_name, self.out)
@@ -251,6 +259,62 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- export
+def _check_finite(layers: Mapping[str, ADNTNLayer]) -> None:
+    """Refuse ADNTN layers holding NaN / Inf (cores, bias, bias generator)."""
+    for name, layer in layers.items():
+        for tensor_name, tensor in layer.named_parameters():
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                raise ValueError(
+                    f"ADNTN layer {name or 'layer'!r}: {tensor_name} holds {bad} NaN/Inf "
+                    "value(s); valid: finite values (pass allow_nonfinite=True, or "
+                    "--allow-nonfinite on the command line, to export it anyway)"
+                )
+
+
+def _expects(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return f"an input (..., {module.in_features})"
+    if isinstance(module, nn.Conv2d):
+        return f"an input (N, {module.in_channels}, H, W)"
+    if isinstance(module, _Placeholder):
+        if module.kind == "conv2d":
+            return f"an input (N, {module.width}, H, W)"
+        return f"an input (..., {module.width})"
+    return "an input of another shape"
+
+
+def _check_example(root: nn.Module, x: torch.Tensor) -> None:
+    """Run the model (ADNTN layers as placeholders, so cheap) on ``x`` once, eagerly, so that an
+    input of the wrong shape fails here, naming the layer, rather than deep in the exporter."""
+    names = {id(m): n for n, m in root.named_modules()}
+    entered: list[nn.Module] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _args: entered.append(mod))
+        for m in root.modules()
+        if not list(m.children()) or isinstance(m, _Placeholder)
+    ]
+    try:
+        root(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not entered:
+            raise ValueError(
+                f"example_input of shape {tuple(x.shape)} does not fit the model: {first}"
+            ) from None
+        mod = entered[-1]
+        name = getattr(mod, "layer_name", None) if isinstance(mod, _Placeholder) else None
+        name = name if name is not None else names.get(id(mod), "?")
+        kind = "ADNTN" if isinstance(mod, _Placeholder) else type(mod).__name__
+        raise ValueError(
+            f"example_input of shape {tuple(x.shape)} does not fit the model: layer "
+            f"{name or 'layer'!r} ({kind}) fails ({first}); valid: {_expects(mod)} at that layer"
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _check_mode(mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
     if isinstance(mode, Mapping):
         for name, m in mode.items():
@@ -317,6 +381,7 @@ def export_onnx_model(
     einsum: bool = True,
     native_gelu: bool | None = None,
     tile_rows: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> onnx.ModelProto:
     """Like :func:`export_onnx` but returns the validated ``ModelProto`` instead of writing it."""
     if not isinstance(model, nn.Module):
@@ -325,6 +390,8 @@ def export_onnx_model(
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, ADNTNLayer)}
     _check_mode(mode, layers)
+    if not allow_nonfinite:
+        _check_finite(layers)
     top = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= top:
         raise ValueError(
@@ -338,6 +405,7 @@ def export_onnx_model(
         x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specialises size-1 dims
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch and x.dim() else None
     with _eval_mode(model), _swapped(model) as (root, _), torch.no_grad(), _quiet_registry():
+        _check_example(root, example_input.detach().to(torch.float32))
         program = _torch_export(root, x, opset, table, dynamic_shapes)
     proto = program.model_proto
     # Placeholders: ExportPlaceholder(x) -> ADNTNLinear/ADNTNConv2d(x, cores..., bias).
@@ -413,6 +481,7 @@ def _finish(proto: onnx.ModelProto, mode: object, layers: Mapping[str, ADNTNLaye
             entry.key, entry.value = key, value
             meta[key] = entry
 
+    put(ONNX_FORMAT_KEY, str(ONNX_FORMAT))
     put("adntn.producer", f"adntn {__version__}")
     put("adntn.export_mode", json.dumps(mode if isinstance(mode, str) else dict(mode)))
     if mode == "auto":
@@ -445,6 +514,7 @@ def export_onnx(
     einsum: bool = True,
     native_gelu: bool | None = None,
     tile_rows: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Export ``model`` (with any number of ADNTN layers) to an ONNX file; returns the path.
 
@@ -460,9 +530,11 @@ def export_onnx(
         einsum: ``Einsum`` nodes; ``False``: Transpose/Reshape/MatMul only (mobile builds).
         native_gelu: see :func:`adntn_runtime.onnx_lowering.lower_layer`.
         tile_rows: rows per tile in regenerate mode.
+        allow_nonfinite: export ADNTN layers holding NaN / Inf (refused by default).
 
     Raises:
-        ValueError: bad mode / opset / a mode the network does not support.
+        ValueError: bad mode / opset / a mode the network does not support, an example
+            input the model cannot take (checked before tracing), NaN / Inf in a layer.
         PermissionError: ``path``'s directory is not writable. Nothing is written on error.
     """
     target = Path(path)
@@ -491,6 +563,7 @@ def export_onnx(
             einsum=einsum,
             native_gelu=native_gelu,
             tile_rows=tile_rows,
+            allow_nonfinite=allow_nonfinite,
         )
         f.write(proto.SerializeToString())
     return target

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from adntn_export import checkpoint as _checkpoint
+from adntn_export.checkpoint import TRAINING_FORMAT, Checkpoint, CheckpointError
 from adntn_export.fitting import capture_layer_inputs
 from adntn_export.layers import ADNTNLayer
 from adntn_runtime.files import atomic_write
@@ -71,7 +73,6 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "seed_everything",
-    "MODEL_INPUTS",
     "dataset_for",
     "train",
     "train_compressed",
@@ -80,13 +81,9 @@ __all__ = [
 #: File name of the training-state checkpoint inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "last.pt"
 #: Format version stored in every checkpoint.
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = TRAINING_FORMAT
 #: Valid ``TrainConfig.optimizer`` values.
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
-
-
-class CheckpointError(ValueError):
-    """A training checkpoint is missing, truncated, corrupt or does not fit the run."""
 
 
 @dataclass
@@ -257,37 +254,19 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     return path
 
 
-_REQUIRED = ("version", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch")
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)``.
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a training state (``last.pt``) with the one checkpoint loader
+    (:func:`adntn_export.checkpoint.load_checkpoint`, ``kind="training"``); it reads like the
+    stored dict (``state["epoch"]``).
 
     Raises:
-        CheckpointError: If the file is missing, truncated or corrupt, or lacks a field.
+        CheckpointError: If the file is missing, truncated or corrupt, of another kind or a
+            newer format, or lacks a field.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, ...
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupt ({path.stat().st_size} bytes; "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); delete it "
-            "to start over, or restore an intact copy"
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a training state dict")
-    missing = [k for k in _REQUIRED if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks fields {missing}")
-    if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {state['version']!r}; "
-            f"this adntn reads version {CHECKPOINT_VERSION}"
-        )
-    return state
+    return _checkpoint.load_checkpoint(path, kind="training")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -410,14 +389,6 @@ def _progress(enabled: bool) -> Any:
 
 # --------------------------------------------------------------------------- data
 
-#: Input geometry ``(image_size, channels)`` of each zoo model trained on Fashion-MNIST.
-MODEL_INPUTS: dict[str, tuple[int, int]] = {
-    "mlp": (28, 1),
-    "small_cnn": (28, 1),
-    "alexnet32": (32, 3),
-    "vgg16_32": (32, 3),
-}
-
 
 def dataset_for(
     model_name: str,
@@ -429,17 +400,23 @@ def dataset_for(
     """Fashion-MNIST shaped for a zoo model; ``root=None`` means the shipped subset.
 
     Raises:
-        ValueError: If the model does not train on Fashion-MNIST (valid: MODEL_INPUTS).
+        ValueError: If the model does not train on Fashion-MNIST (valid:
+            ``adntn_models.FASHION_MNIST_MODELS``).
         FileNotFoundError: If ``root`` is not a directory holding the IDX files.
     """
-    from adntn_models import as_tensor_dataset, load_fashion_mnist
+    from adntn_models import (
+        FASHION_MNIST_MODELS,
+        as_tensor_dataset,
+        input_shape,
+        load_fashion_mnist,
+    )
 
-    if model_name not in MODEL_INPUTS:
+    if model_name not in FASHION_MNIST_MODELS:
         raise ValueError(
-            f"model {model_name!r} has no Fashion-MNIST input geometry; valid models: "
-            f"{', '.join(MODEL_INPUTS)}"
+            f"model {model_name!r} does not train on Fashion-MNIST; valid models: "
+            f"{', '.join(FASHION_MNIST_MODELS)}"
         )
-    size, channels = MODEL_INPUTS[model_name]
+    channels, size, _ = input_shape(model_name)
     if root is None:
         images, labels = load_fashion_mnist(split=split, limit=limit, subset=True)
     else:

@@ -25,12 +25,15 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from adntn_export.tvm_backend.compile import compile_onnx
+    from adntn_runtime.files import read_onnx
 
     check_output_dir("-o/--output", args.output)
+    input_shapes = _shapes(args.input_shape)
+    read_onnx(args.model, allow_nonfinite=args.allow_nonfinite)  # untrusted: validate first
+    from adntn_export.tvm_backend.compile import compile_onnx
 
     manifest = compile_onnx(
-        args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)
+        args.model, args.target, args.output, mode=args.mode, input_shapes=input_shapes
     )
     print(f"compiled {args.model} for {manifest.target} ({manifest.mode}) -> {args.output}")
     for note in manifest.notes:
@@ -60,5 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME=D0,D1",
         help="static shape for a dynamic input (repeatable)",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="compile a model whose ADNTN layers hold NaN/Inf (refused by default)",
     )
     p.set_defaults(handler=_handler)

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--static-batch", action="store_true", help="fix the batch dimension (default: dynamic)"
     )
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load and export a checkpoint holding NaN/Inf (refused by default)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     check_number("--batch", args.batch, low=1)
     check_number("--opset", args.opset, low=18, high=onnx.defs.onnx_opset_version())
     check_output_file("-o/--output", args.output)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, kind="model", allow_nonfinite=args.allow_nonfinite)
+    assert ckpt.model is not None and ckpt.example_input_shape is not None
     shape = (args.batch, *ckpt.example_input_shape[1:])
     example = torch.randn(shape)
     path = export_onnx(
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         dynamic_batch=not args.static_batch,
         einsum=not args.no_einsum,
+        allow_nonfinite=args.allow_nonfinite,
     )
     size = path.stat().st_size
     print(f"wrote {path} ({size:,} bytes, mode {args.mode}, opset {args.opset})")

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size for the cost table")
     p.add_argument("--checkpoint", type=Path, help="a model saved by adntn (train/compress)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="read a --checkpoint holding NaN/Inf (refused by default)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -37,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         from adntn_export.checkpoint import load_model
         from adntn_export.report import compression_report
 
-        report = compression_report(load_model(args.checkpoint))
+        report = compression_report(
+            load_model(args.checkpoint, allow_nonfinite=args.allow_nonfinite)
+        )
         report.print()
         if args.json:
             args.json.write_text(report.to_json())

@@ -13,7 +13,7 @@ from .datasets import (
     read_idx,
     write_idx,
 )
-from .registry import MODEL_NAMES, canonical_fc_shapes, get_model
+from .registry import FASHION_MNIST_MODELS, MODEL_NAMES, canonical_fc_shapes, get_model, input_shape
 from .small import MLP, SmallCNN, mlp, small_cnn
 from .vgg import FC_LAYERS as VGG16_FC_LAYERS
 from .vgg import VGG, vgg16, vgg16_32, vgg16_fc_shapes
@@ -22,6 +22,7 @@ __all__ = [
     "ALEXNET_CONV_LAYERS",
     "ALEXNET_FC_LAYERS",
     "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MODELS",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "MLP",
@@ -36,6 +37,7 @@ __all__ = [
     "as_tensor_dataset",
     "canonical_fc_shapes",
     "get_model",
+    "input_shape",
     "load_fashion_mnist",
     "load_shipped_subset",
     "mlp",

@@ -72,8 +72,10 @@ def factorize(n: int, k: int, *, slack: float = 1.25) -> tuple[int, tuple[int, .
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"num_sites must be a positive integer, got {k!r}")
     base = n ** (1.0 / k)
-    exact = _factor_into(n, k, n)
-    if exact is not None and exact[0] <= 2.0 * base + 1e-9:
+    # Only an exact factorisation whose largest factor is <= 2 * base is taken, so the search
+    # is capped there (uncapped, a large prime would be tried against every f <= n).
+    exact = _factor_into(n, k, max(1, math.floor(2.0 * base + 1e-9)))
+    if exact is not None:
         return n, exact
     cap = max(2, math.ceil(slack * base))
     m = n

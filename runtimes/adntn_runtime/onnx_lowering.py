@@ -89,6 +89,7 @@ NO_FOLDING_SESSION_OPTIONS: dict[str, Any] = {
     "config_entries": {"optimization.disable_specified_optimizers": "ConstantFolding"},
 }
 _OP_TYPES = {"linear": "ADNTNLinear", "conv2d": "ADNTNConv2d"}
+_PLACEHOLDER_ATTRS = ["layer", "kind", "plan", "bias_kind", "param_roles", "input_rank"]
 
 
 # ---------------------------------------------------------------------------- specs
@@ -870,8 +871,19 @@ def spec_from_node(node: onnx.NodeProto, initializers: Mapping[str, np.ndarray])
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
     def text(key: str) -> str:
+        if key not in attrs:
+            raise ValueError(
+                f"placeholder {node.name!r} lacks its {key!r} attribute; an ADNTN placeholder "
+                f"carries {_PLACEHOLDER_ATTRS} (re-export the model with adntn)"
+            )
         value = attrs[key]
-        return value.decode() if isinstance(value, bytes) else value
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    def plan(key: str) -> ADNTNPlan:
+        try:
+            return ADNTNPlan.from_json(text(key))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"placeholder {node.name!r}: bad {key!r} attribute: {exc}") from None
 
     values = {}
     for role, name in placeholder_param_names(node).items():
@@ -890,11 +902,11 @@ def spec_from_node(node: onnx.NodeProto, initializers: Mapping[str, np.ndarray])
             tuple(attrs["dilations"]),
             tuple(attrs["output_hw"]) if "output_hw" in attrs else None,
         )
-    bias_plan = ADNTNPlan.from_dict(json.loads(text("bias_plan"))) if "bias_plan" in attrs else None
+    bias_plan = plan("bias_plan") if "bias_plan" in attrs else None
     return LayerSpec(
         name=text("layer"),
         kind=kind,
-        plan=ADNTNPlan.from_dict(json.loads(text("plan"))),
+        plan=plan("plan"),
         cores={r[5:]: v for r, v in values.items() if r.startswith("core/")},
         bias_kind=text("bias_kind"),
         bias=values.get("bias"),

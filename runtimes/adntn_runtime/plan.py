@@ -68,6 +68,18 @@ MODES: tuple[str, ...] = ("materialize", "regenerate", "fused")
 Mode = Literal["materialize", "regenerate", "fused"]
 PLAN_FORMAT = 1
 
+#: Largest ``out_features`` / ``in_features`` a plan accepts (int32 range: ONNX dims,
+#: and the site factorisation stays fast).
+MAX_FEATURES = 2**31 - 1
+#: Most sites: every site adds a row and a column leg to the top step, and an ONNX Einsum
+#: has 26 labels (a-z), so 13 sites can never be lowered.
+MAX_SITES = 12
+#: Largest arity, bond dimension and disentangler rank accepted.
+MAX_ARITY = 26
+MAX_BOND = 2**16
+#: Largest core (elements): 2**26 float32 is 256 MiB, far above any useful ADNTN core.
+MAX_CORE_ELEMENTS = 2**26
+
 
 @dataclass(frozen=True)
 class CoreSpec:
@@ -78,6 +90,14 @@ class CoreSpec:
     legs: tuple[str, ...]
     role: Literal["leaf", "node", "root", "disentangler"]
     level: int
+
+    def __post_init__(self) -> None:
+        if self.size > MAX_CORE_ELEMENTS:
+            raise ValueError(
+                f"core {self.name!r} would have shape {self.shape} ({self.size:,} elements), "
+                f"more than the limit of {MAX_CORE_ELEMENTS:,}: valid plans have smaller cores "
+                "(lower bond_dim, arity or disentangler_rank, or use more num_sites)"
+            )
 
     @property
     def size(self) -> int:
@@ -117,11 +137,13 @@ class CostEstimate:
     stored_elements: int
 
 
-def _check_positive_int(value: object, parameter: str) -> int:
+def _check_positive_int(value: object, parameter: str, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{parameter} must be an int >= 1, got {value!r}")
     if value < 1:
         raise ValueError(f"{parameter} must be >= 1, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{parameter}={value} is out of range: valid {parameter}: 1..{high}")
     return value
 
 
@@ -167,14 +189,17 @@ class ADNTNPlan:
         num_sites: int | None = None,
         disentangler_rank: int | None = None,
     ) -> None:
-        self.out_features = _check_positive_int(out_features, "out_features")
-        self.in_features = _check_positive_int(in_features, "in_features")
+        self.out_features = _check_positive_int(out_features, "out_features", MAX_FEATURES)
+        self.in_features = _check_positive_int(in_features, "in_features", MAX_FEATURES)
         if not isinstance(network, str) or network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; valid networks: {list(NETWORKS)}")
         self.network = network
         self.arity = _check_positive_int(arity, "arity")
-        if self.arity < 2:
-            raise ValueError(f"arity must be >= 2 (2 = binary tree), got {arity}")
+        if not 2 <= self.arity <= MAX_ARITY:
+            raise ValueError(
+                f"arity must be >= 2 (2 = binary tree) and <= {MAX_ARITY}, got arity={arity}; "
+                f"valid arity: 2..{MAX_ARITY}"
+            )
         if num_sites is None:
             num_sites = choose_num_sites(self.out_features, self.in_features)
             if network == "mera":
@@ -183,6 +208,12 @@ class ADNTNPlan:
                 depth = int(math.log2(self.out_features * self.in_features) // 2)
                 num_sites = max(num_sites, min(8, depth))
         self.num_sites = _check_positive_int(num_sites, "num_sites")
+        if self.num_sites > MAX_SITES:
+            raise ValueError(
+                f"num_sites={num_sites} is out of range: valid num_sites: 1..{MAX_SITES} (each "
+                f"site adds two legs to the top step, so more sites give a step with more than "
+                "26 distinct legs, beyond the a-z labels of an ONNX Einsum)"
+            )
         self.rows_padded, row_f = factorize(self.out_features, self.num_sites)
         self.cols_padded, col_f = factorize(self.in_features, self.num_sites)
         self.row_factors = _interleave(row_f)
@@ -199,9 +230,9 @@ class ADNTNPlan:
         # Bond dims: one per height 0..H-1 (the root has no output bond).
         n_bonds = max(height, 1)
         if isinstance(bond_dim, int) and not isinstance(bond_dim, bool):
-            bonds = [_check_positive_int(bond_dim, "bond_dim")] * n_bonds
+            bonds = [_check_positive_int(bond_dim, "bond_dim", MAX_BOND)] * n_bonds
         elif isinstance(bond_dim, Sequence) and not isinstance(bond_dim, str):
-            bonds = [_check_positive_int(b, "bond_dim") for b in bond_dim]
+            bonds = [_check_positive_int(b, "bond_dim", MAX_BOND) for b in bond_dim]
             if len(bonds) != n_bonds:
                 raise ValueError(
                     f"bond_dim has {len(bonds)} entries but this tree has {n_bonds} bond "
@@ -227,7 +258,7 @@ class ADNTNPlan:
             )
         self.activations = tuple(acts)
         if disentangler_rank is not None:
-            _check_positive_int(disentangler_rank, "disentangler_rank")
+            _check_positive_int(disentangler_rank, "disentangler_rank", MAX_BOND)
         self.disentangler_rank = disentangler_rank
         self._cores: dict[str, CoreSpec] = {}
         self._materialize = self._build_program(fused=False, batch=1)
@@ -649,22 +680,75 @@ class ADNTNPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ADNTNPlan:
-        """Rebuild a plan from :meth:`to_dict` output."""
-        if data.get("format") != PLAN_FORMAT:
+    def from_dict(cls, data: Any) -> ADNTNPlan:
+        """Rebuild a plan from :meth:`to_dict` output (untrusted data: every field checked).
+
+        Raises:
+            ValueError: not a dict, a format other than :data:`PLAN_FORMAT` (both named),
+                missing or unknown fields, or a field out of range.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
+        fmt = data.get("format")
+        if fmt != PLAN_FORMAT:
+            newer = isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > PLAN_FORMAT
             raise ValueError(
-                f"unsupported plan format {data.get('format')!r}; this adntn reads {PLAN_FORMAT}"
+                f"{'newer' if newer else 'unknown'} plan format {fmt!r}; this adntn reads plan "
+                f"format {PLAN_FORMAT}" + (" (upgrade adntn to read it)" if newer else "")
+            )
+        fields = set(_PLAN_FIELDS)
+        missing = sorted({"out_features", "in_features"} - set(data))
+        unknown = sorted(set(data) - fields - {"format"})
+        if missing or unknown:
+            raise ValueError(
+                f"plan has missing fields {missing} and unknown fields {unknown}; valid fields: "
+                f"{sorted(fields)}"
             )
         kwargs = {
             k: v for k, v in data.items() if k not in ("format", "out_features", "in_features")
         }
-        return cls(data["out_features"], data["in_features"], **kwargs)
+        try:
+            return cls(data["out_features"], data["in_features"], **kwargs)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ADNTNPlan:
+        """Rebuild a plan from the JSON text of :meth:`to_dict` (as stored in ONNX files).
+
+        Raises:
+            ValueError: text that is not JSON, or see :meth:`from_dict`.
+        """
+        import json
+
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            shown = text[:60] if isinstance(text, str) else text[:60].decode(errors="replace")
+            raise ValueError(
+                f"plan is not valid JSON ({exc}): {shown!r}; expected the JSON object of "
+                "ADNTNPlan.to_dict()"
+            ) from None
+        return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ADNTNPlan) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash(repr(self.to_dict()))
+
+
+_PLAN_FIELDS = (
+    "out_features",
+    "in_features",
+    "network",
+    "bond_dim",
+    "activation",
+    "final_activation",
+    "arity",
+    "num_sites",
+    "disentangler_rank",
+)
 
 
 def _interleave(factors: tuple[int, ...]) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,7 +48,12 @@ __all__ = [
     "Candidate",
     "DeviceRates",
     "LayerChoice",
+    "MemoryFitError",
+    "available_memory_bytes",
+    "check_layers_fit",
+    "check_memory",
     "choose_modes",
+    "fitting",
     "layer_candidates",
     "layer_memory_bytes",
     "predict_latency_ms",
@@ -55,6 +61,15 @@ __all__ = [
 
 MB = 1024 * 1024
 _EXACT_SEARCH_LIMIT = 200_000
+_ALWAYS_FITS = 64 * MB
+
+
+class MemoryFitError(ValueError):
+    """What was asked cannot fit in this machine's memory; ``needed_mb`` says how much."""
+
+    def __init__(self, message: str, needed_mb: float) -> None:
+        super().__init__(message)
+        self.needed_mb = needed_mb
 
 
 class BudgetError(ValueError):
@@ -139,6 +154,84 @@ def layer_memory_bytes(
         return plan.out_features * plan.in_features * 4
     cost = plan.cost(mode, batch, tile_rows=tile_rows)
     return (cost.peak_elements + plan.num_parameters) * 4
+
+
+def available_memory_bytes() -> int:
+    """Memory this machine can give now: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else
+    the physical memory (``os.sysconf``), else unlimited."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):
+        return 2**62
+
+
+def check_memory(nbytes: int, what: str, *, available: int | None = None) -> None:
+    """Raise :class:`MemoryFitError` when ``what`` needs more than the available memory.
+
+    Called before an allocation whose size comes from a file or an argument (a forced
+    materialize, a large batch), so that it fails at once with the number of MB needed
+    instead of a raw allocator error later.
+    """
+    if available is None and nbytes <= _ALWAYS_FITS:
+        return  # not worth reading /proc/meminfo on every call
+    free = available_memory_bytes() if available is None else available
+    if nbytes > free:
+        raise MemoryFitError(
+            f"{what} needs {nbytes / MB:,.0f} MB, but this machine has {free / MB:,.0f} MB "
+            "available; valid: a choice that fits (a smaller batch, or the fused or regenerate "
+            "mode instead of materialize)",
+            nbytes / MB,
+        )
+
+
+def fitting(candidates: Sequence[Candidate], *, available: int | None = None) -> list[Candidate]:
+    """The candidates whose memory fits in this machine (all of them when none does, so that
+    the caller's error names them): a mode that cannot be allocated is never measured or
+    chosen, whatever its predicted latency."""
+    free = available_memory_bytes() if available is None else available
+    return [c for c in candidates if c.memory_bytes <= free] or list(candidates)
+
+
+def check_layers_fit(
+    plans: Mapping[str, ADNTNPlan],
+    forced: Mapping[str, str],
+    batch: int,
+    *,
+    tile_rows: int | None = None,
+    available: int | None = None,
+) -> None:
+    """Fail before any work when the ADNTN layers cannot fit in memory at ``batch``: each
+    layer counted in its forced mode, or in its smallest mode when the policy may choose.
+
+    Raises:
+        MemoryFitError: naming the layers, their modes and the MB they need together.
+    """
+    total, parts = 0, []
+    for name, plan in plans.items():
+        if name in forced:
+            modes = [forced[name]]
+        else:
+            modes = [m for m in MODES if m != "fused" or plan.top_is_linear]
+        io = batch * (plan.in_features + plan.out_features) * 4  # not in materialize's count
+        sizes = {
+            m: layer_memory_bytes(plan, m, batch, tile_rows=tile_rows)
+            + (io if m == "materialize" else 0)
+            for m in modes
+        }
+        mode = min(sizes, key=sizes.__getitem__)
+        total += sizes[mode]
+        parts.append(
+            f"{name or 'layer'} {plan.out_features}x{plan.in_features} in {mode}"
+            f"{' (forced)' if name in forced else ''}: {sizes[mode] / MB:,.0f} MB"
+        )
+    check_memory(total, f"loading at batch {batch} ({', '.join(parts)})", available=available)
 
 
 def _written_elements(plan: ADNTNPlan, mode: str, batch: int, tile_rows: int | None) -> int:

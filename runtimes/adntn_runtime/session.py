@@ -41,6 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.files import read_onnx
 from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, LayerSpec
 from adntn_runtime.plan import MODES, ADNTNPlan
 from adntn_runtime.policy import (
@@ -48,7 +49,9 @@ from adntn_runtime.policy import (
     Candidate,
     DeviceRates,
     LayerChoice,
+    check_layers_fit,
     choose_modes,
+    fitting,
     layer_candidates,
 )
 from adntn_runtime.schedule import Contract
@@ -520,22 +523,8 @@ def _check_args(
         raise ValueError(f"einsum must be True, False or None (pick per layer), got {einsum!r}")
 
 
-def _read_model(path: Path) -> onnx.ModelProto:
-    if not path.exists():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise FileNotFoundError(f"model path {str(path)!r} is not a file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(
-            f"{str(path)!r} is not a valid ONNX model file ({type(exc).__name__}: {exc})"
-        ) from None
-    if not model.HasField("graph") or not model.graph.output:
-        raise ValueError(
-            f"{str(path)!r} is not a valid ONNX model file (no graph outputs: corrupt or not ONNX)"
-        )
-    return model
+def _read_model(path: Path, allow_nonfinite: bool = False) -> onnx.ModelProto:
+    return read_onnx(path, allow_nonfinite=allow_nonfinite)
 
 
 def _layer_input_shape(model: onnx.ModelProto, value: str, batch: int) -> list[int] | None:
@@ -628,6 +617,7 @@ def load(
     modes: str | Mapping[str, str] | None = None,
     tile_rows: int | None = None,
     optimized_model_path: str | os.PathLike[str] | None = None,
+    allow_nonfinite: bool = False,
 ) -> Session:
     """Load an ONNX file and pick each ADNTN layer's mode; returns a :class:`Session`.
 
@@ -648,6 +638,7 @@ def load(
         modes: force one mode for every layer, or layer -> mode (reported as forced).
         tile_rows: rows per regenerate tile (default: the plan's, about 1/64 of the rows).
         optimized_model_path: ask ORT to write its optimized graph there (for inspection).
+        allow_nonfinite: load ADNTN layers holding NaN / Inf (refused by default).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -659,7 +650,7 @@ def load(
     t_start = time.perf_counter()
     _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum)
     path = Path(path)
-    model = _read_model(path)
+    model = _read_model(path, allow_nonfinite)
     options = {
         "batch": batch,
         "threads": threads,
@@ -694,6 +685,9 @@ def load(
             spec = lowering.spec_from_node(node, arrays)
             specs[spec.name] = (spec, node)
 
+    check_layers_fit(
+        {n: sp.plan for n, (sp, _) in specs.items()}, forced, batch, tile_rows=tile_rows
+    )
     threads_eff = threads or os.cpu_count() or 1
     t_cal = time.perf_counter()
     rates: DeviceRates = DEFAULT_RATES
@@ -741,7 +735,7 @@ def load(
 
     for name in free:
         spec, node = specs[name]
-        cands = layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows)
+        cands = fitting(layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows))
         if cache is not None:
             shape = _layer_input_shape(model, node.input[0], batch)
             if shape is None and spec.kind == "linear" and spec.input_rank == 2:
