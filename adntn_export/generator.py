@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from adntn_runtime.modes import Mode, parse_mode
 from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.policy import check_memory
 from adntn_runtime.schedule import Activate, Contract, Schedule, Step, Tile
@@ -37,7 +38,9 @@ __all__ = [
     "ACTIVATION_FUNCTIONS",
     "EXACT_SCALE_ENTRIES",
     "SCALE_SAMPLE_GRIDS",
+    "Product",
     "WeightGenerator",
+    "linear_product",
     "run_schedule",
 ]
 
@@ -48,6 +51,15 @@ EXACT_SCALE_ENTRIES = 2**22
 SCALE_SAMPLE_GRIDS = 512
 
 T = TypeVar("T")
+
+#: How a layer applies a block of weight rows ``w`` (``(rows, in)``) to its input ``x``.
+Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def linear_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T``: a linear layer's product (output features last)."""
+    return x @ w.T
+
 
 ACTIVATION_FUNCTIONS = {
     "identity": lambda t: t,
@@ -267,15 +279,9 @@ class WeightGenerator(nn.Module):
 
         def compute() -> dict[str, torch.Tensor]:
             env: dict[str, torch.Tensor] = dict(self.cores.items())
-            consumed = {
-                n
-                for s in sch.steps
-                if s.uses_input
-                for n in (s.inputs if isinstance(s, Contract) else (s.input,))
-            }
             with _generation_precision(self.cores):
-                _execute((step for step in sch.steps if not step.uses_input), env)
-            return {k: v for k, v in env.items() if k in consumed and k not in self.cores}
+                _execute(sch.constant_steps, env)
+            return {k: env[k] for k in sch.cached_values}
 
         return self._cached(f"fused:{batch}", compute)
 
@@ -298,15 +304,39 @@ class WeightGenerator(nn.Module):
         y = run_schedule(sch, values)
         return y.reshape(b, plan.rows_padded)[:, : plan.out_features]
 
-    def matmul(self, x: torch.Tensor, mode: str, *, tile_rows: int | None = None) -> torch.Tensor:
+    def apply(
+        self,
+        x: torch.Tensor,
+        mode: Mode | str,
+        *,
+        product: Product = linear_product,
+        fused: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        tile_rows: int | None = None,
+        dim: int = -1,
+    ) -> torch.Tensor:
+        """``product(x, W)`` in ``mode``: the one mode dispatch of the torch layers.
+
+        Args:
+            x: the layer's input.
+            mode: ``materialize`` (``product`` with the whole cached weight), ``regenerate``
+                (``product`` with one row tile at a time, concatenated along ``dim``) or
+                ``fused`` (``fused(x)``; default :meth:`fused_matmul`).
+            product: applies a block of weight rows to ``x`` (default ``x @ w.T``).
+            tile_rows: rows per regenerate tile (default: the plan's).
+            dim: the output dimension that holds the weight's rows.
+        """
+        mode = parse_mode(mode, Mode)
+        if mode is Mode.MATERIALIZE:
+            return product(x, self.weight())
+        if mode is Mode.REGENERATE:
+            return regenerate_apply(self, x, product, tile_rows, dim)
+        return (fused or self.fused_matmul)(x)
+
+    def matmul(
+        self, x: torch.Tensor, mode: Mode | str, *, tile_rows: int | None = None
+    ) -> torch.Tensor:
         """``x @ W.T`` for 2-D ``x`` in ``mode`` (materialize, regenerate or fused)."""
-        if mode == "materialize":
-            return x @ self.weight().T
-        if mode == "fused":
-            return self.fused_matmul(x)
-        if mode == "regenerate":
-            return regenerate_matmul(self, x, tile_rows)
-        raise ValueError(f"unknown mode {mode!r}; valid modes: materialize, regenerate, fused")
+        return self.apply(x, mode, tile_rows=tile_rows)
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -330,14 +360,26 @@ def _tile_weight(
 
 
 def _tile_product(
-    x: torch.Tensor, cores: dict[str, torch.Tensor], plan: ADNTNPlan, sch: Schedule, n: int
+    x: torch.Tensor,
+    cores: dict[str, torch.Tensor],
+    plan: ADNTNPlan,
+    sch: Schedule,
+    n: int,
+    product: Product,
 ) -> torch.Tensor:
-    return x @ _tile_weight(plan, sch, sch.tiles[n], cores).T
+    return product(x, _tile_weight(plan, sch, sch.tiles[n], cores))
 
 
-def regenerate_matmul(gen: WeightGenerator, x: torch.Tensor, tile_rows: int | None) -> torch.Tensor:
-    """``x @ W.T`` built one row tile at a time; with autograd on, each tile is recomputed
-    in the backward pass (activation checkpointing), so training never holds the weight either."""
+def regenerate_apply(
+    gen: WeightGenerator,
+    x: torch.Tensor,
+    product: Product = linear_product,
+    tile_rows: int | None = None,
+    dim: int = -1,
+) -> torch.Tensor:
+    """``product(x, W)`` built one row tile at a time (concatenated along ``dim``); with autograd
+    on, each tile is recomputed in the backward pass (activation checkpointing), so training
+    never holds the weight either."""
     sch = gen.plan.schedule("regenerate", tile_rows=tile_rows)
     cores = dict(gen.cores.items())
     grad = torch.is_grad_enabled() and (
@@ -345,8 +387,9 @@ def regenerate_matmul(gen: WeightGenerator, x: torch.Tensor, tile_rows: int | No
     )
     outs = []
     for n in range(len(sch.tiles)):
+        args = (x, cores, gen.plan, sch, n, product)
         if grad:
-            outs.append(checkpoint(_tile_product, x, cores, gen.plan, sch, n, use_reentrant=False))
+            outs.append(checkpoint(_tile_product, *args, use_reentrant=False))
         else:
-            outs.append(_tile_product(x, cores, gen.plan, sch, n))
-    return torch.cat(outs, dim=-1)
+            outs.append(_tile_product(*args))
+    return torch.cat(outs, dim=dim)

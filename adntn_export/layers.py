@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from adntn_export.fitting import FitResult, fit_layer
-from adntn_export.generator import WeightGenerator
-from adntn_runtime.plan import MODES, ADNTNPlan
+from adntn_export.generator import WeightGenerator, linear_product
+from adntn_runtime.modes import Mode, parse_mode
+from adntn_runtime.plan import ADNTNPlan
 
 __all__ = ["BIAS_KINDS", "ADNTNConv2d", "ADNTNLayer", "ADNTNLinear"]
 
@@ -156,7 +157,7 @@ class ADNTNLayer(nn.Module):
             )
         self.tile_rows = tile_rows
         self._bias_bond_dim = bias_bond_dim
-        self._mode = "materialize"
+        self._mode = Mode.MATERIALIZE
         self.mode = mode
 
     # ------------------------------------------------------------------ attributes
@@ -167,14 +168,17 @@ class ADNTNLayer(nn.Module):
 
     @property
     def mode(self) -> str:
-        """How ``y = W x`` is computed: ``materialize``, ``regenerate`` or ``fused``."""
-        return self._mode
+        """How ``y = W x`` is computed: ``materialize``, ``regenerate`` or ``fused``.
+
+        Set it with a :class:`~adntn_runtime.modes.Mode` or its name; it reads back as the
+        name (a plain ``str``, so configs and checkpoints hold no enum).
+        """
+        return self._mode.value
 
     @mode.setter
-    def mode(self, value: str) -> None:
-        if not isinstance(value, str) or value not in MODES:
-            raise ValueError(f"unknown mode {value!r}; valid modes: {list(MODES)}")
-        if value == "fused" and not self.plan.top_is_linear:
+    def mode(self, value: Mode | str) -> None:
+        value = parse_mode(value, Mode)
+        if value is Mode.FUSED and not self.plan.top_is_linear:
             raise ValueError(
                 f"mode 'fused' needs a linear top step, but this layer has final_activation="
                 f"{self.plan.final_activation!r}; use 'materialize' or 'regenerate'"
@@ -277,8 +281,27 @@ class ADNTNLayer(nn.Module):
         """The generated weight in the dense layer's shape (materialized; for export or checks)."""
         return self.weight_generator.weight()
 
-    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
-        return self.weight_generator.matmul(x2d, self._mode, tile_rows=self.tile_rows)
+    #: The output dimension that holds the weight's rows (features last, or conv channels).
+    _out_dim = -1
+
+    def _product(self, x: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
+        """Apply weight rows ``w2d`` (``(rows, in)``) to ``x``."""
+        return linear_product(x, w2d)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused mode's product: ``x`` contracted into the network."""
+        return self.weight_generator.fused_matmul(x)
+
+    def _apply_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x`` in ``self.mode`` (bias not added): one dispatch, in the generator."""
+        return self.weight_generator.apply(
+            x,
+            self._mode,
+            product=self._product,
+            fused=self._fused,
+            tile_rows=self.tile_rows,
+            dim=self._out_dim,
+        )
 
 
 class ADNTNLinear(ADNTNLayer):
@@ -314,7 +337,7 @@ class ADNTNLinear(ADNTNLayer):
         activation: str | Sequence[str] = "tanh",
         final_activation: str | None = None,
         bias: bool | str = "dense",
-        mode: str = "materialize",
+        mode: Mode | str = Mode.MATERIALIZE,
         tile_rows: int | None = None,
         arity: int = 2,
         num_sites: int | None = None,
@@ -359,7 +382,7 @@ class ADNTNLinear(ADNTNLayer):
                 f"this layer expects in_features={self.in_features}"
             )
         lead = x.shape[:-1]
-        y = self._matmul(x.reshape(-1, self.in_features))
+        y = self._apply_weight(x.reshape(-1, self.in_features))
         bias = self.get_bias()
         if bias is not None:
             y = y + bias.to(y.dtype)  # as nn.Linear under autocast
@@ -438,7 +461,7 @@ class ADNTNConv2d(ADNTNLayer):
         activation: str | Sequence[str] = "tanh",
         final_activation: str | None = None,
         bias: bool | str = "dense",
-        mode: str = "materialize",
+        mode: Mode | str = Mode.MATERIALIZE,
         tile_rows: int | None = None,
         arity: int = 2,
         num_sites: int | None = None,
@@ -501,9 +524,22 @@ class ADNTNConv2d(ADNTNLayer):
             self.out_channels, self.in_channels, *self.kernel_size
         )
 
-    def _conv(self, x: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
+    _out_dim = 1
+
+    def _product(self, x: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
         w = w2d.reshape(w2d.shape[0], self.in_channels, *self.kernel_size)
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col, then ``x`` contracted into the network; the kernel is never formed."""
+        b, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        patches = cols.transpose(1, 2).reshape(b * oh * ow, -1)
+        y = self.weight_generator.fused_matmul(patches)
+        return y.reshape(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the convolution to ``x`` of shape ``(batch, in_channels, H, W)``."""
@@ -511,19 +547,7 @@ class ADNTNConv2d(ADNTNLayer):
             raise ValueError(
                 f"input must have shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        gen = self.weight_generator
-        if self._mode == "materialize":
-            y = self._conv(x, gen.weight())
-        elif self._mode == "regenerate":
-            y = torch.cat([self._conv(x, w) for _, _, w in gen.weight_tiles(self.tile_rows)], dim=1)
-        else:
-            b, _, h, w = x.shape
-            kh, kw = self.kernel_size
-            oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-            ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-            cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-            patches = cols.transpose(1, 2).reshape(b * oh * ow, -1)
-            y = gen.fused_matmul(patches).reshape(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        y = self._apply_weight(x)
         bias = self.get_bias()
         if bias is not None:
             y = y + bias.to(y.dtype).reshape(1, -1, 1, 1)
@@ -533,7 +557,8 @@ class ADNTNConv2d(ADNTNLayer):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, network={self.plan.network!r}, "
-            f"bond_dims={list(self.plan.bond_dims)}, mode={self.mode!r}, bias={self.bias_kind!r}"
+            f"bond_dims={list(self.plan.bond_dims)}, mode={self.mode!r}, "
+            f"bias={self.bias_kind!r}"
         )
 
     @classmethod

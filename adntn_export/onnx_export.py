@@ -14,16 +14,16 @@
 2. **Placeholders.** Each ``ExportPlaceholder`` becomes ``ai.adntn::ADNTNLinear`` /
    ``ai.adntn::ADNTNConv2d`` whose inputs are the data input plus the cores (and bias) as
    initializers and whose attributes hold the plan JSON, the bias kind and the conv
-   parameters (:func:`adntn_runtime.onnx_lowering.placeholder_node`). ``mode="auto"`` stops
+   parameters (:func:`adntn_runtime.onnx_format.placeholder_node`). ``mode="auto"`` stops
    here: the torch-free runtime later substitutes each layer in the mode its policy picks
-   with :func:`adntn_runtime.onnx_lowering.lower_model`.
-3. **Lowering.** Otherwise :func:`~adntn_runtime.onnx_lowering.lower_model` substitutes every
+   with :func:`adntn_runtime.substitution.lower_model`.
+3. **Lowering.** Otherwise :func:`~adntn_runtime.substitution.lower_model` substitutes every
    placeholder by its ``fused`` / ``regenerate`` / ``materialize`` / ``dense`` subgraph.
 
 Every export is validated with ``onnx.checker.check_model(full_check=True)``, carries
 ``adntn`` metadata (producer, per-layer network / bond dims / mode / ratio and, for
 regenerate, ``adntn.session_options``: constant folding off), is written with IR version
-:data:`~adntn_runtime.onnx_lowering.IR_VERSION`, and goes to a temporary file renamed into
+:data:`~adntn_runtime.onnx_format.IR_VERSION`, and goes to a temporary file renamed into
 place, so a failure never leaves a partial file.
 """
 
@@ -46,14 +46,23 @@ import torch
 from torch import nn
 
 from adntn_export.layers import ADNTNConv2d, ADNTNLayer, ADNTNLinear
-from adntn_runtime import onnx_lowering as lowering
 from adntn_runtime.files import ONNX_FORMAT, ONNX_FORMAT_KEY, atomic_write
-from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, ConvSpec, LayerSpec
+from adntn_runtime.layer_spec import ConvSpec, LayerSpec
+from adntn_runtime.modes import ExportMode, LoweringMode, parse_mode
+from adntn_runtime.onnx_format import (
+    ADNTN_DOMAIN,
+    IR_VERSION,
+    placeholder_node,
+    record_layer_metadata,
+    register_schemas,
+    set_metadata,
+)
+from adntn_runtime.substitution import lower_model
 
 __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
 
-#: Modes accepted by :func:`export_onnx`.
-EXPORT_MODES: tuple[str, ...] = ("fused", "regenerate", "materialize", "dense", "auto")
+#: Modes accepted by :func:`export_onnx` as strings (an alias of :class:`ExportMode`).
+EXPORT_MODES: tuple[str, ...] = tuple(m.value for m in ExportMode)
 _TRACE_OP = "ExportPlaceholder"
 #: torch.export's pytree deprecation warning, raised inside torch itself on every export.
 _LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
@@ -140,7 +149,7 @@ def _translation_table() -> dict:
     import onnxscript
 
     _register_trace_schema()
-    lowering.register_schemas()
+    register_schemas()
     opset = onnxscript.values.Opset(ADNTN_DOMAIN, 1)
 
     def linear(x, layer: str, out_features: int):  # noqa: ANN001, ANN202
@@ -191,7 +200,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def layer_spec(layer: ADNTNLayer, name: str = "", *, input_rank: int = 2) -> LayerSpec:
-    """The framework-free :class:`~adntn_runtime.onnx_lowering.LayerSpec` of a torch layer."""
+    """The framework-free :class:`~adntn_runtime.layer_spec.LayerSpec` of a torch layer."""
     if not isinstance(layer, ADNTNLayer):
         raise TypeError(f"layer_spec needs an ADNTNLinear or ADNTNConv2d, got {type(layer)}")
     cores = {k: _np(v) for k, v in layer.weight_generator.cores.items()}
@@ -315,17 +324,21 @@ def _check_example(root: nn.Module, x: torch.Tensor) -> None:
             h.remove()
 
 
-def _check_mode(mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
+def _resolve_mode(
+    mode: object, layers: Mapping[str, ADNTNLayer]
+) -> ExportMode | dict[str, LoweringMode]:
+    """The export's mode, validated once: one for every layer, or layer name -> mode.
+
+    ``None`` follows what each layer says (``layer.mode``).
+    """
+    if mode is None:
+        return {name: LoweringMode(layer.mode) for name, layer in layers.items()}
     if isinstance(mode, Mapping):
-        for name, m in mode.items():
-            if m not in EXPORT_MODES[:-1]:
-                raise ValueError(
-                    f"unknown mode {m!r} for layer {name!r}; valid modes: {list(EXPORT_MODES[:-1])}"
-                )
-        return
-    if not isinstance(mode, str) or mode not in EXPORT_MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(EXPORT_MODES)}")
-    if mode == "fused":
+        return {
+            name: parse_mode(m, LoweringMode, name=f"mode[{name!r}]") for name, m in mode.items()
+        }
+    mode = parse_mode(mode, ExportMode)
+    if mode is ExportMode.FUSED:
         bad = {n or "layer": layer.plan.final_activation for n, layer in layers.items()}
         bad = {n: a for n, a in bad.items() if a is not None}
         if bad:
@@ -334,6 +347,7 @@ def _check_mode(mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
                 f"final_activation {bad}; valid modes for them: ['regenerate', 'materialize', "
                 "'dense', 'auto'] (or pass a dict of per-layer modes)"
             )
+    return mode
 
 
 @contextlib.contextmanager
@@ -375,7 +389,7 @@ def export_onnx_model(
     model: nn.Module,
     example_input: torch.Tensor,
     *,
-    mode: str | Mapping[str, str] = "fused",
+    mode: ExportMode | str | Mapping[str, str] | None = None,
     opset: int = 18,
     dynamic_batch: bool = True,
     einsum: bool = True,
@@ -389,7 +403,7 @@ def export_onnx_model(
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, ADNTNLayer)}
-    _check_mode(mode, layers)
+    mode = _resolve_mode(mode, layers)
     if not allow_nonfinite:
         _check_finite(layers)
     top = onnx.defs.onnx_opset_version()
@@ -408,35 +422,9 @@ def export_onnx_model(
         _check_example(root, example_input.detach().to(torch.float32))
         program = _torch_export(root, x, opset, table, dynamic_shapes)
     proto = program.model_proto
-    # Placeholders: ExportPlaceholder(x) -> ADNTNLinear/ADNTNConv2d(x, cores..., bias).
-    graph = proto.graph
-    new_nodes, new_inits = [], []
-    for node in graph.node:
-        if node.domain == ADNTN_DOMAIN and node.op_type == _TRACE_OP:
-            name = onnx.helper.get_attribute_value(node.attribute[0]).decode()
-            layer = layers[name]
-            rank = x.dim() if name == "" else 2
-            if isinstance(layer, ADNTNLinear) and name != "":
-                rank = _input_rank(proto, node.input[0])
-            spec = layer_spec(layer, name, input_rank=rank)
-            if spec.conv is not None:
-                hw = _static_hw(proto, node.output[0])
-                if hw is not None:
-                    spec.conv = dataclasses.replace(spec.conv, output_hw=hw)
-            placeholder, inits = lowering.placeholder_node(
-                spec, input_name=node.input[0], output_name=node.output[0]
-            )
-            new_nodes.append(placeholder)
-            new_inits.extend(inits)
-        else:
-            new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    graph.initializer.extend(new_inits)
-    if not any(imp.domain == ADNTN_DOMAIN for imp in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid(ADNTN_DOMAIN, 1))
-    if mode != "auto":
-        proto = lowering.lower_model(
+    specs = _insert_placeholders(proto, layers, x.dim())
+    if mode is not ExportMode.AUTO:
+        proto = lower_model(
             proto,
             mode,
             einsum=einsum,
@@ -444,9 +432,44 @@ def export_onnx_model(
             batch_hint=batch,
             tile_rows=tile_rows,
         )
-    _finish(proto, mode, layers)
+    _finish(proto, mode, specs)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _insert_placeholders(
+    proto: onnx.ModelProto, layers: Mapping[str, ADNTNLayer], input_rank: int
+) -> list[LayerSpec]:
+    """Replace each traced ``ExportPlaceholder(x)`` by the layer's ``ADNTNLinear`` /
+    ``ADNTNConv2d(x, cores..., bias)`` placeholder; returns the layers' specs."""
+    graph = proto.graph
+    new_nodes, new_inits, specs = [], [], []
+    for node in graph.node:
+        if not (node.domain == ADNTN_DOMAIN and node.op_type == _TRACE_OP):
+            new_nodes.append(node)
+            continue
+        name = onnx.helper.get_attribute_value(node.attribute[0]).decode()
+        layer = layers[name]
+        rank = input_rank if name == "" else 2
+        if isinstance(layer, ADNTNLinear) and name != "":
+            rank = _input_rank(proto, node.input[0])
+        spec = layer_spec(layer, name, input_rank=rank)
+        if spec.conv is not None:
+            hw = _static_hw(proto, node.output[0])
+            if hw is not None:
+                spec.conv = dataclasses.replace(spec.conv, output_hw=hw)
+        placeholder, inits = placeholder_node(
+            spec, input_name=node.input[0], output_name=node.output[0]
+        )
+        new_nodes.append(placeholder)
+        new_inits.extend(inits)
+        specs.append(spec)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    if not any(imp.domain == ADNTN_DOMAIN for imp in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(ADNTN_DOMAIN, 1))
+    return specs
 
 
 def _static_hw(proto: onnx.ModelProto, value: str) -> tuple[int, int] | None:
@@ -465,42 +488,21 @@ def _input_rank(proto: onnx.ModelProto, value: str) -> int:
     return 2
 
 
-def _finish(proto: onnx.ModelProto, mode: object, layers: Mapping[str, ADNTNLayer]) -> None:
+def _finish(proto: onnx.ModelProto, mode: object, specs: list[LayerSpec]) -> None:
+    """Producer, IR version and ``adntn.*`` metadata (the file format's writers)."""
     from adntn_export import __version__
 
     proto.producer_name = "adntn"
     proto.producer_version = __version__
-    proto.ir_version = lowering.IR_VERSION
-    meta = {p.key: p for p in proto.metadata_props}
-
-    def put(key: str, value: str) -> None:
-        if key in meta:
-            meta[key].value = value
-        else:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-            meta[key] = entry
-
-    put(ONNX_FORMAT_KEY, str(ONNX_FORMAT))
-    put("adntn.producer", f"adntn {__version__}")
-    put("adntn.export_mode", json.dumps(mode if isinstance(mode, str) else dict(mode)))
-    if mode == "auto":
-        for name, layer in layers.items():
-            plan = layer.plan
-            put(
-                f"adntn.layer.{name or 'layer'}",
-                json.dumps(
-                    {
-                        "kind": "conv2d" if isinstance(layer, ADNTNConv2d) else "linear",
-                        "mode": "auto",
-                        "network": plan.network,
-                        "bond_dims": list(plan.bond_dims),
-                        "shape": [plan.out_features, plan.in_features],
-                        "compression_ratio": round(plan.compression_ratio, 3),
-                    },
-                    sort_keys=True,
-                ),
-            )
+    proto.ir_version = IR_VERSION
+    set_metadata(proto, ONNX_FORMAT_KEY, str(ONNX_FORMAT))
+    set_metadata(proto, "adntn.producer", f"adntn {__version__}")
+    set_metadata(
+        proto, "adntn.export_mode", json.dumps(mode if isinstance(mode, str) else dict(mode))
+    )
+    if mode == ExportMode.AUTO:  # a lowered layer's record was written by the substitution
+        for spec in specs:
+            record_layer_metadata(proto, spec, ExportMode.AUTO)
 
 
 def export_onnx(
@@ -508,7 +510,7 @@ def export_onnx(
     example_input: torch.Tensor,
     path: str | os.PathLike,
     *,
-    mode: str | Mapping[str, str] = "fused",
+    mode: ExportMode | str | Mapping[str, str] | None = None,
     opset: int = 18,
     dynamic_batch: bool = True,
     einsum: bool = True,
@@ -524,11 +526,12 @@ def export_onnx(
         path: where to write the ``.onnx`` file (written atomically).
         mode: ``fused``, ``regenerate``, ``materialize``, ``dense`` (the generated weight as
             an initializer, for comparison), ``auto`` (``ai.adntn`` placeholders with the
-            plan and cores, for the runtime to lower), or layer name -> mode.
+            plan and cores, for the runtime to lower), or layer name -> mode; ``None``
+            (default): each layer in its own ``layer.mode``.
         opset: default-domain opset (18 or later; ``Gelu`` is native from 20).
         dynamic_batch: make the first input dimension symbolic (``batch``).
         einsum: ``Einsum`` nodes; ``False``: Transpose/Reshape/MatMul only (mobile builds).
-        native_gelu: see :func:`adntn_runtime.onnx_lowering.lower_layer`.
+        native_gelu: see :func:`adntn_runtime.layer_lowering.lower_layer`.
         tile_rows: rows per tile in regenerate mode.
         allow_nonfinite: export ADNTN layers holding NaN / Inf (refused by default).
 

@@ -1,12 +1,15 @@
 """Each example script runs in reduced form (``--quick``) in a fresh interpreter.
 
 Exit code 77 from a script means a module it needs (ONNX exporter, device runtime,
-TVM backend) is not available: the test is skipped, not failed.
+TVM backend) is not available: the test is skipped, not failed, but only when the module
+the script names is really not importable here (:func:`_check_skip_is_justified`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +33,31 @@ def _run(script: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProces
         timeout=600,
     )
     if proc.returncode == SKIP:
+        _check_skip_is_justified(script, proc.stdout)
         pytest.skip(f"{script}: {proc.stdout.strip().splitlines()[-1]}")
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
+
+
+def _check_skip_is_justified(script: str, stdout: str) -> None:
+    """Exit 77 must name a module this interpreter cannot import: anything else (a broken
+    adntn module, an ``AttributeError``) is a failure, not a skip."""
+    found = re.search(r"No module named '([\w.]+)'", stdout)
+    assert found, f"{script} exited 77 without naming a missing module:\n{stdout[-2000:]}"
+    module = found.group(1)
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        present = False
+    assert not present, f"{script} exited 77 for {module!r}, which is installed:\n{stdout[-2000:]}"
+
+
+def test_skip_check_rejects_an_installed_module():
+    with pytest.raises(AssertionError, match="which is installed"):
+        _check_skip_is_justified("x.py", "skipped: No module named 'numpy'\n")
+    with pytest.raises(AssertionError, match="without naming a missing module"):
+        _check_skip_is_justified("x.py", "skipped: module 'adntn_runtime' has no attribute\n")
+    _check_skip_is_justified("x.py", "skipped: No module named 'no_such_module_adntn'\n")
 
 
 def test_train_example(tmp_path):

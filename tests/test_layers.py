@@ -302,7 +302,7 @@ def test_config_round_trip(layer):
         ({"activation": "softplus"}, ValueError, r"unknown activation 'softplus'"),
         ({"bond_dim": 0}, ValueError, r"bond_dim must be >= 1, got 0"),
         ({"bias": "shared"}, ValueError, r"unknown bias 'shared'; valid: \['dense'"),
-        ({"mode": "lazy"}, ValueError, r"unknown mode 'lazy'; valid modes"),
+        ({"mode": "lazy"}, ValueError, r"mode='lazy' is not a valid mode; choose one of materi"),
         (
             {"final_activation": "tanh", "mode": "fused"},
             ValueError,

@@ -319,7 +319,9 @@ def test_fused_needs_linear_top() -> None:
     plan = ADNTNPlan(16, 16, final_activation="tanh")
     with pytest.raises(ValueError, match=r"mode 'fused' needs a linear top step.*'tanh'"):
         plan.schedule("fused")
-    with pytest.raises(ValueError, match=r"unknown mode 'fast'; valid modes"):
+    with pytest.raises(
+        ValueError, match=r"mode='fast' is not a valid mode; choose one of materialize \| r"
+    ):
         plan.schedule("fast")
 
 

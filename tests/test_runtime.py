@@ -179,7 +179,7 @@ def test_cost_model_from_plan():
     assert predict_latency_ms(plan, "fused", 32, DEFAULT_RATES) > cands["fused"].predicted_ms
     nonlinear = ADNTNPlan(64, 64, network="ttn", bond_dim=2, final_activation="tanh")
     assert "fused" not in {c.mode for c in layer_candidates(nonlinear, 1, DEFAULT_RATES)}
-    with pytest.raises(ValueError, match="valid modes"):
+    with pytest.raises(ValueError, match=r"mode='dense' is not a valid mode; choose one of"):
         layer_memory_bytes(plan, "dense")
 
 
@@ -216,7 +216,10 @@ def test_fused_needs_linear_top(exported):
         load(auto, modes="fused", calibrate=False)
 
 
-def test_policy_choices_match_torch_and_cache(exported):
+def test_policy_choices_match_torch_and_cache(exported, monkeypatch):
+    import adntn_runtime.calibration as calibration
+    import adntn_runtime.session as session
+
     _, x, ref, auto, _ = exported
     s = load(auto, threads=1, batch=1)
     assert set(s.decisions) == {"0", "2", "4"}
@@ -230,11 +233,25 @@ def test_policy_choices_match_torch_and_cache(exported):
     assert files
     data = json.loads(files[0].read_text())
     assert {"cpu", "onnxruntime", "model_sha256", "rates", "layers"} <= set(data)
+    measured = []  # every measurement the second load makes
+    for module, name in ((session, "_measure_layer"), (calibration, "measure_device_rates")):
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            measured.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
     again = load(auto, threads=1, batch=1)  # cached: no measuring
-    assert again.calibration_seconds < max(0.5, s.calibration_seconds)
-    assert {k: d.mode for k, d in again.decisions.items()} == {
-        k: d.mode for k, d in s.decisions.items()
+    assert measured == []
+    assert {k: (d.mode, d.measured_ms) for k, d in again.decisions.items()} == {
+        k: (d.mode, d.measured_ms) for k, d in s.decisions.items()
     }
+    for f in files:  # without this model's cache the same load measures again
+        if json.loads(f.read_text())["model_sha256"] == calibration.sha256_file(auto):
+            f.unlink()
+    load(auto, threads=1, batch=1)
+    assert "measure_device_rates" in measured and "_measure_layer" in measured
     assert "predicted" in s.describe()
 
 
@@ -331,7 +348,10 @@ def test_bad_inputs(exported, tmp_path):
         load(auto, batch=0)
     with pytest.raises(ValueError, match="threads must be"):
         load(auto, threads=0)
-    with pytest.raises(ValueError, match=r"unknown mode 'dense'; valid modes"):
+    with pytest.raises(
+        ValueError,
+        match=r"modes='dense' is not a valid mode; choose one of materialize \| rege",
+    ):
         load(auto, modes="dense")
     s = load(auto, modes="materialize", calibrate=False)
     with pytest.raises(ValueError, match=r"shape \(5, 255\), the model expects \['N', 256\]"):
@@ -395,16 +415,9 @@ def test_bench_cli(exported, tmp_path):
     assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
 
 
-@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
-@pytest.mark.parametrize("batch", [1, 8])
-def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
-    """After the x-independent factors are cached, a call is Reshape + MatMul only: the
-    intermediate is written in the order the last step reads it, and x's batch rides in the
-    GEMM rows (no transpose of a batch-sized tensor)."""
-    import onnxruntime as ort
-
+def _auto_layer(network: str):
+    """(plan, cores, ``mode="auto"`` model) of one 1024x1024 layer with seeded cores."""
     from adntn_runtime.onnx_lowering import LayerSpec, layer_model
-    from adntn_runtime.session import lower_for_runtime
 
     plan = ADNTNPlan(1024, 1024, network=network, bond_dim=3)
     rng = np.random.default_rng(0)
@@ -413,7 +426,21 @@ def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
         for k, c in plan.cores.items()
     }
     spec = LayerSpec("fc", "linear", plan, cores)
-    auto = layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
+    return plan, cores, layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
+
+
+@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
+    """After the x-independent factors are cached, a call is Reshape + MatMul only: the
+    intermediate is written in the order the last step reads it, and x's batch rides in the
+    GEMM rows (no transpose of a batch-sized tensor)."""
+    import onnxruntime as ort
+
+    from adntn_runtime.session import lower_for_runtime
+
+    plan, cores, auto = _auto_layer(network)
+    rng = np.random.default_rng(0)
     lowered, _, _ = lower_for_runtime(auto, {"fc": "fused"}, batch_hint=batch)
     ops = [n.op_type for n in lowered.graph.node]
     assert ops.count("MatMul") == 2 and not {"Transpose", "Einsum"} & set(ops), ops
@@ -427,17 +454,10 @@ def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
 def test_regenerate_runtime_lowering_matches_reference():
     import onnxruntime as ort
 
-    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
     from adntn_runtime.session import lower_for_runtime
 
-    plan = ADNTNPlan(1024, 1024, network="mera", bond_dim=3)
-    rng = np.random.default_rng(0)
-    cores = {
-        k: (rng.standard_normal(c.shape) / np.sqrt(c.shape[-1])).astype(np.float32)
-        for k, c in plan.cores.items()
-    }
-    spec = LayerSpec("fc", "linear", plan, cores)
-    auto = layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
+    plan, cores, auto = _auto_layer("mera")
+    rng = np.random.default_rng(1)
     for einsum in (True, False):
         lowered, _, no_fold = lower_for_runtime(auto, {"fc": "regenerate"}, einsum=einsum)
         assert no_fold

@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-_MODES = ("fused", "materialize", "regenerate", "auto")
+from adntn_runtime.modes import ExportMode, Mode
+
+#: ``--modes`` choices: each layer mode forced, and ``auto`` (the device policy).
+_MODES = tuple(m.value for m in (Mode.FUSED, Mode.MATERIALIZE, Mode.REGENERATE, ExportMode.AUTO))
 
 
 def _int_list(text: str) -> list[int]:

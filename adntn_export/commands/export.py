@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from adntn_export.commands._common import check_number, check_output_file
+from adntn_runtime.modes import ExportMode
 
-_MODES = ("fused", "regenerate", "materialize", "dense", "auto")
+_MODES = tuple(m.value for m in ExportMode)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by save_model")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.onnx", help="ONNX file")
-    parser.add_argument("--mode", choices=_MODES, default="fused", help="default: fused")
+    parser.add_argument(
+        "--mode",
+        choices=_MODES,
+        default=None,
+        help="default: each layer in the mode its checkpoint stored (layer.mode)",
+    )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument(
         "--no-einsum",
@@ -68,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
         allow_nonfinite=args.allow_nonfinite,
     )
     size = path.stat().st_size
-    print(f"wrote {path} ({size:,} bytes, mode {args.mode}, opset {args.opset})")
+    mode = args.mode or "per layer"
+    print(f"wrote {path} ({size:,} bytes, mode {mode}, opset {args.opset})")
     return 0

@@ -72,10 +72,15 @@ from typing import Any
 
 import numpy as np
 
+from adntn_runtime.modes import ExportMode, Mode
+
 __all__ = ["SCHEMA", "bench_model", "validate_result"]
 
 SCHEMA = "adntn.bench/1"
-ORT_CONFIGS = ("fused", "materialize", "regenerate", "auto")
+#: What ``--runtime onnxruntime`` measures: each layer mode forced, and ``auto`` (the policy).
+ORT_CONFIGS = tuple(
+    m.value for m in (Mode.FUSED, Mode.MATERIALIZE, Mode.REGENERATE, ExportMode.AUTO)
+)
 _LAT_KEYS = ("p50", "p90", "p99", "mean", "min")
 
 

@@ -189,8 +189,9 @@ def _gemm_model(m: int, n: int, weight: np.ndarray | None = None) -> Any:
 
 def measure_device_rates(threads: int = 1) -> DeviceRates:
     """Micro-benchmarks of ORT on this device (about a second); see the module docstring."""
-    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
+    from adntn_runtime.layer_spec import LayerSpec
     from adntn_runtime.plan import ADNTNPlan
+    from adntn_runtime.substitution import layer_model
 
     rng = np.random.default_rng(0)
     # Compute-bound GEMM: batch 64 through a 1024x1024 weight (in cache).

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from adntn_runtime.activations import ACTIVATIONS, check_activation
 from adntn_runtime.factorize import choose_num_sites, factorize
+from adntn_runtime.modes import Mode, parse_mode
 from adntn_runtime.schedule import (
     BATCH,
     Activate,
@@ -64,8 +65,8 @@ __all__ = [
 ]
 
 NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
-MODES: tuple[str, ...] = ("materialize", "regenerate", "fused")
-Mode = Literal["materialize", "regenerate", "fused"]
+#: The layer modes as strings (an alias of :class:`~adntn_runtime.modes.Mode`, kept for callers).
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 PLAN_FORMAT = 1
 
 #: Largest ``out_features`` / ``in_features`` a plan accepts (int32 range: ONNX dims,
@@ -260,8 +261,7 @@ class ADNTNPlan:
         if disentangler_rank is not None:
             _check_positive_int(disentangler_rank, "disentangler_rank", MAX_BOND)
         self.disentangler_rank = disentangler_rank
-        self._cores: dict[str, CoreSpec] = {}
-        self._materialize = self._build_program(fused=False, batch=1)
+        self._materialize, self._cores = self._build_program(fused=False, batch=1)
         for step in self._materialize.steps:
             if isinstance(step, Contract):
                 _ = step.equation  # raises if a step has more than 26 labels
@@ -328,142 +328,19 @@ class ADNTNPlan:
     def _disentangles_at(self, stage: int) -> bool:
         return self.network == "mera" or (self.network == "attn" and stage == 0)
 
-    def _build_program(self, *, fused: bool, batch: int) -> Schedule:
-        dims: dict[str, int] = {}
-        inputs: dict[str, tuple[str, ...]] = {}
-        steps: list[Step] = []
-        cores: dict[str, CoreSpec] = {}
-        parents = self._parents()
-        for k in range(self.num_sites):
-            dims[f"i{k}"] = self.row_factors[k]
-            dims[f"j{k}"] = self.col_factors[k]
-
-        # The frontier: (node, value name, legs, bond leg name).
-        frontier: list[tuple[TreeNode, str, tuple[str, ...], str]] = []
-        leaves = [n for n in self._nodes() if n.is_leaf]
-        for leaf in sorted(leaves, key=lambda n: n.sites[0]):
-            k = leaf.sites[0]
-            bond = f"b_{leaf.name}"
-            dims[bond] = self.bond_dims[0]
-            legs = (f"i{k}", f"j{k}", bond)
-            cores[leaf.name] = CoreSpec(leaf.name, tuple(dims[x] for x in legs), legs, "leaf", 0)
-            inputs[leaf.name] = legs
-            frontier.append((leaf, leaf.name, legs, bond))
-
-        H = self.root.height
+    def _build_program(self, *, fused: bool, batch: int) -> tuple[Schedule, dict[str, CoreSpec]]:
+        """The materialize (or fused) schedule and every core's spec; ``self`` is not changed."""
+        program = _Program(self, fused=fused, batch=batch)
+        program.add_leaves()
         by_height: dict[int, list[TreeNode]] = {}
         for node in self._nodes():
             by_height.setdefault(node.height, []).append(node)
-        input_values = frozenset({"x"}) if fused else frozenset()
-
-        for stage in range(H):
+        for stage in range(self.root.height):
             if self._disentangles_at(stage):
-                rank = self.disentangler_rank or min(2, self.bond_dims[stage] ** 2)
-                t = 0
-                for pos in range(len(frontier) - 1):
-                    a_node, _, _, _ = frontier[pos]
-                    b_node, _, _, _ = frontier[pos + 1]
-                    if parents[a_node.name] == parents[b_node.name]:
-                        continue
-                    lateral = f"s{stage}_{t}"
-                    dims[lateral] = rank
-                    for side, idx in (("u", pos), ("v", pos + 1)):
-                        node, value, legs, bond = frontier[idx]
-                        new_bond = f"{bond}~{stage}{side}"
-                        dims[new_bond] = dims[bond]
-                        core = f"dis{stage}_{t}_{side}"
-                        core_legs = (bond, new_bond, lateral)
-                        cores[core] = CoreSpec(
-                            core,
-                            tuple(dims[x] for x in core_legs),
-                            core_legs,
-                            "disentangler",
-                            stage,
-                        )
-                        inputs[core] = core_legs
-                        out_legs = tuple(x for x in legs if x != bond) + (new_bond, lateral)
-                        out = f"{node.name}.dis{stage}{side}"
-                        steps.append(
-                            Contract((value, core), out, (legs, core_legs), out_legs, stage)
-                        )
-                        frontier[idx] = (node, out, out_legs, new_bond)
-                    t += 1
-
+                program.disentangle(stage)
             for node in by_height.get(stage + 1, []):
-                child_names = {c.name for c in node.children}
-                members = [f for f in frontier if f[0].name in child_names]
-                is_root = node is self.root
-                if not is_root:
-                    bond = f"b_{node.name}"
-                    dims[bond] = self.bond_dims[node.height]
-                core_legs = tuple(m[3] for m in members) + (() if is_root else (bond,))
-                role = "root" if is_root else "node"
-                cores[node.name] = CoreSpec(
-                    node.name, tuple(dims[x] for x in core_legs), core_legs, role, node.height
-                )
-                inputs[node.name] = core_legs
-                operands = [(m[1], m[2]) for m in members] + [(node.name, core_legs)]
-                if is_root:
-                    phys_i = tuple(f"i{k}" for k in node.sites)
-                    phys_j = tuple(f"j{k}" for k in node.sites)
-                    if fused:
-                        x_legs = (BATCH, *phys_j)
-                        inputs["x"] = x_legs
-                        operands.append(("x", x_legs))
-                        out_legs = (BATCH, *phys_i)
-                    else:
-                        out_legs = (*phys_i, *phys_j)
-                else:
-                    counts: dict[str, int] = {}
-                    for _, legs in operands:
-                        for leg in legs:
-                            counts[leg] = counts.get(leg, 0) + 1
-                    once = [x for x in counts if counts[x] == 1]
-                    phys = [f"i{k}" for k in node.sites] + [f"j{k}" for k in node.sites]
-                    lateral = sorted(x for x in once if x.startswith("s"))
-                    out_legs = (*phys, bond, *lateral)
-                    missing = set(once) - set(out_legs)
-                    if missing:  # pragma: no cover - guards the construction above
-                        raise AssertionError(f"dangling legs {missing} at {node.name}")
-                act = self.final_activation if is_root else self.activations[node.height - 1]
-                pre = f"{node.name}.pre" if act not in (None, "identity") else f"{node.name}.out"
-                if is_root:
-                    pre = "y" if fused else ("weight.pre" if act else "weight")
-                steps.extend(
-                    plan_pairwise(
-                        operands,
-                        out_legs,
-                        dims,
-                        output=pre,
-                        level=node.height,
-                        batch=batch,
-                        input_values=input_values,
-                        temp_prefix=f"{node.name}.t",
-                    )
-                )
-                value = pre
-                if act not in (None, "identity"):
-                    value = "weight" if is_root else f"{node.name}.out"
-                    steps.append(Activate(pre, value, act, node.height))
-                frontier = [f for f in frontier if f[0].name not in child_names]
-                insert_at = min(
-                    (i for i, f in enumerate(frontier) if f[0].sites[0] > node.sites[0]),
-                    default=len(frontier),
-                )
-                frontier.insert(insert_at, (node, value, out_legs, "" if is_root else bond))
-
-        self._cores = cores
-        (_, out_value, out_legs, _) = frontier[0]
-        row_legs = {f"leaf{k}": f"i{k}" for k in range(self.num_sites)}
-        return Schedule(
-            "fused" if fused else "materialize",
-            tuple(steps),
-            inputs,
-            out_value,
-            out_legs,
-            dims,
-            row_legs=row_legs,
-        )
+                program.merge(node)
+        return program.schedule(), program.cores
 
     # ------------------------------------------------------------------ public API
     @property
@@ -492,7 +369,7 @@ class ADNTNPlan:
         return self.final_activation is None
 
     def schedule(
-        self, mode: str = "materialize", *, batch: int = 1, tile_rows: int | None = None
+        self, mode: Mode | str = Mode.MATERIALIZE, *, batch: int = 1, tile_rows: int | None = None
     ) -> Schedule:
         """The two-operand contraction schedule of ``mode``.
 
@@ -503,7 +380,8 @@ class ADNTNPlan:
             tile_rows: rows per tile for ``regenerate`` (default: about 1/64 of
                 the padded rows).
         """
-        if mode == "materialize":
+        mode = parse_mode(mode, Mode)
+        if mode is Mode.MATERIALIZE:
             return self._materialize
         if mode == "regenerate":
             base = self._materialize
@@ -526,11 +404,9 @@ class ADNTNPlan:
                 )
             batch = _check_positive_int(batch, "batch")
             if batch not in self._fused_cache:
-                saved = self._cores
-                self._fused_cache[batch] = self._build_program(fused=True, batch=batch)
-                self._cores = saved
+                self._fused_cache[batch], _ = self._build_program(fused=True, batch=batch)
             return self._fused_cache[batch]
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
+        raise AssertionError(mode)  # pragma: no cover - parse_mode admits only the three
 
     def row_tiles(self, tile_rows: int | None = None) -> tuple[Tile, ...]:
         """Row tiles for the regenerate mode: fixed leading row digits and a range of the next.
@@ -568,8 +444,11 @@ class ADNTNPlan:
                 tiles.append(Tile(slices, row0, (base * m[t] + stop) * unit))
         return tuple(tiles)
 
-    def cost(self, mode: str, batch: int = 1, *, tile_rows: int | None = None) -> CostEstimate:
+    def cost(
+        self, mode: Mode | str, batch: int = 1, *, tile_rows: int | None = None
+    ) -> CostEstimate:
         """Predicted flops and resident elements of one call in ``mode`` at ``batch``."""
+        mode = parse_mode(mode, Mode)
         batch = _check_positive_int(batch, "batch")
         m, n = self.out_features, self.in_features
         mp, np_ = self.rows_padded, self.cols_padded
@@ -592,10 +471,11 @@ class ADNTNPlan:
             )
         if mode == "fused":
             sch = self.schedule("fused", batch=batch)
+            cached = sch.cached_values
             const = sum(
                 s.out_size(sch.dims)
                 for s in sch.contractions
-                if not s.uses_input and s.output in _root_inputs(sch)
+                if not s.uses_input and s.output in cached
             )
             return CostEstimate(
                 mode,
@@ -605,7 +485,7 @@ class ADNTNPlan:
                 const + sch.peak_live_elements(batch) + batch * (mp + np_),
                 self.num_parameters,
             )
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
+        raise AssertionError(mode)  # pragma: no cover - parse_mode admits only the three
 
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
@@ -749,6 +629,155 @@ _PLAN_FIELDS = (
     "num_sites",
     "disentangler_rank",
 )
+#: One entry of the frontier while a program is built: (node, value name, legs, bond leg).
+_Frontier = tuple[TreeNode, str, tuple[str, ...], str]
+
+
+class _Program:
+    """Builds one schedule of a plan, level by level: leaves, disentanglers, node merges.
+
+    The frontier holds, in site order, the value each subtree built so far has produced.
+    """
+
+    def __init__(self, plan: ADNTNPlan, *, fused: bool, batch: int) -> None:
+        self.plan = plan
+        self.fused = fused
+        self.batch = batch
+        self.dims: dict[str, int] = {}
+        self.inputs: dict[str, tuple[str, ...]] = {}
+        self.steps: list[Step] = []
+        self.cores: dict[str, CoreSpec] = {}
+        self.parents = plan._parents()
+        self.frontier: list[_Frontier] = []
+        for k in range(plan.num_sites):
+            self.dims[f"i{k}"] = plan.row_factors[k]
+            self.dims[f"j{k}"] = plan.col_factors[k]
+
+    def _core(self, name: str, legs: tuple[str, ...], role: Any, level: int) -> None:
+        self.cores[name] = CoreSpec(name, tuple(self.dims[x] for x in legs), legs, role, level)
+        self.inputs[name] = legs
+
+    def add_leaves(self) -> None:
+        """One leaf core per site, ``leaf{k}[i_k, j_k, b]``, each on the frontier."""
+        leaves = [n for n in self.plan._nodes() if n.is_leaf]
+        for leaf in sorted(leaves, key=lambda n: n.sites[0]):
+            k = leaf.sites[0]
+            bond = f"b_{leaf.name}"
+            self.dims[bond] = self.plan.bond_dims[0]
+            legs = (f"i{k}", f"j{k}", bond)
+            self._core(leaf.name, legs, "leaf", 0)
+            self.frontier.append((leaf, leaf.name, legs, bond))
+
+    def disentangle(self, stage: int) -> None:
+        """Mix each pair of neighbouring frontier values with different parents (U on the
+        left, V on the right, sharing a lateral leg)."""
+        rank = self.plan.disentangler_rank or min(2, self.plan.bond_dims[stage] ** 2)
+        t = 0
+        for pos in range(len(self.frontier) - 1):
+            a_node, b_node = self.frontier[pos][0], self.frontier[pos + 1][0]
+            if self.parents[a_node.name] == self.parents[b_node.name]:
+                continue
+            lateral = f"s{stage}_{t}"
+            self.dims[lateral] = rank
+            for side, idx in (("u", pos), ("v", pos + 1)):
+                node, value, legs, bond = self.frontier[idx]
+                new_bond = f"{bond}~{stage}{side}"
+                self.dims[new_bond] = self.dims[bond]
+                core = f"dis{stage}_{t}_{side}"
+                core_legs = (bond, new_bond, lateral)
+                self._core(core, core_legs, "disentangler", stage)
+                out_legs = tuple(x for x in legs if x != bond) + (new_bond, lateral)
+                out = f"{node.name}.dis{stage}{side}"
+                self.steps.append(Contract((value, core), out, (legs, core_legs), out_legs, stage))
+                self.frontier[idx] = (node, out, out_legs, new_bond)
+            t += 1
+
+    def merge(self, node: TreeNode) -> None:
+        """Contract ``node``'s children's values with its core (and ``x`` at a fused root),
+        then its activation; the result replaces the children on the frontier."""
+        plan = self.plan
+        child_names = {c.name for c in node.children}
+        members = [f for f in self.frontier if f[0].name in child_names]
+        is_root = node is plan.root
+        bond = "" if is_root else f"b_{node.name}"
+        if bond:
+            self.dims[bond] = plan.bond_dims[node.height]
+        core_legs = tuple(m[3] for m in members) + ((bond,) if bond else ())
+        self._core(node.name, core_legs, "root" if is_root else "node", node.height)
+        operands = [(m[1], m[2]) for m in members] + [(node.name, core_legs)]
+        out_legs = self._root_legs(node, operands) if is_root else _node_legs(node, operands, bond)
+        act = plan.final_activation if is_root else plan.activations[node.height - 1]
+        nonlinear = act not in (None, "identity")
+        pre = f"{node.name}.pre" if nonlinear else f"{node.name}.out"
+        if is_root:
+            pre = "y" if self.fused else ("weight.pre" if act else "weight")
+        self.steps.extend(
+            plan_pairwise(
+                operands,
+                out_legs,
+                self.dims,
+                output=pre,
+                level=node.height,
+                batch=self.batch,
+                input_values=frozenset({"x"}) if self.fused else frozenset(),
+                temp_prefix=f"{node.name}.t",
+            )
+        )
+        value = pre
+        if nonlinear:
+            value = "weight" if is_root else f"{node.name}.out"
+            self.steps.append(Activate(pre, value, act, node.height))
+        self.frontier = [f for f in self.frontier if f[0].name not in child_names]
+        insert_at = min(
+            (i for i, f in enumerate(self.frontier) if f[0].sites[0] > node.sites[0]),
+            default=len(self.frontier),
+        )
+        self.frontier.insert(insert_at, (node, value, out_legs, bond))
+
+    def _root_legs(
+        self, node: TreeNode, operands: list[tuple[str, tuple[str, ...]]]
+    ) -> tuple[str, ...]:
+        """The root's output legs; a fused root also takes ``x`` as an operand."""
+        phys_i = tuple(f"i{k}" for k in node.sites)
+        phys_j = tuple(f"j{k}" for k in node.sites)
+        if not self.fused:
+            return (*phys_i, *phys_j)
+        x_legs = (BATCH, *phys_j)
+        self.inputs["x"] = x_legs
+        operands.append(("x", x_legs))
+        return (BATCH, *phys_i)
+
+    def schedule(self) -> Schedule:
+        """The schedule of the steps added so far (the frontier holds the root's value)."""
+        (_, out_value, out_legs, _) = self.frontier[0]
+        row_legs = {f"leaf{k}": f"i{k}" for k in range(self.plan.num_sites)}
+        return Schedule(
+            "fused" if self.fused else "materialize",
+            tuple(self.steps),
+            self.inputs,
+            out_value,
+            out_legs,
+            self.dims,
+            row_legs=row_legs,
+        )
+
+
+def _node_legs(
+    node: TreeNode, operands: list[tuple[str, tuple[str, ...]]], bond: str
+) -> tuple[str, ...]:
+    """An internal node's output legs: its physical legs, its bond and the open lateral legs."""
+    counts: dict[str, int] = {}
+    for _, legs in operands:
+        for leg in legs:
+            counts[leg] = counts.get(leg, 0) + 1
+    once = [x for x in counts if counts[x] == 1]
+    phys = [f"i{k}" for k in node.sites] + [f"j{k}" for k in node.sites]
+    lateral = sorted(x for x in once if x.startswith("s"))
+    out_legs = (*phys, bond, *lateral)
+    missing = set(once) - set(out_legs)
+    if missing:  # pragma: no cover - guards the construction above
+        raise AssertionError(f"dangling legs {missing} at {node.name}")
+    return out_legs
 
 
 def _interleave(factors: tuple[int, ...]) -> tuple[int, ...]:
@@ -761,12 +790,3 @@ def _interleave(factors: tuple[int, ...]) -> tuple[int, ...]:
             out.append(factors[hi])
         lo, hi = lo + 1, hi - 1
     return tuple(out)
-
-
-def _root_inputs(sch: Schedule) -> set[str]:
-    """Values that are cached in fused mode: x-independent outputs consumed by x-dependent steps."""
-    consumed = set()
-    for s in sch.contractions:
-        if s.uses_input:
-            consumed.update(s.inputs)
-    return {name for name in consumed if name != "x" and name not in sch.inputs}

@@ -39,7 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from adntn_runtime.plan import MODES, ADNTNPlan
+from adntn_runtime.modes import Mode, parse_mode
+from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.schedule import Contract
 
 __all__ = [
@@ -140,16 +141,11 @@ class LayerChoice:
     reason: str = ""
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
-
-
 def layer_memory_bytes(
-    plan: ADNTNPlan, mode: str, batch: int = 1, *, tile_rows: int | None = None
+    plan: ADNTNPlan, mode: Mode | str, batch: int = 1, *, tile_rows: int | None = None
 ) -> int:
     """Resident bytes a layer needs at run time in ``mode`` (see the module docstring)."""
-    _check_mode(mode)
+    mode = parse_mode(mode, Mode)
     if mode == "materialize":
         return plan.out_features * plan.in_features * 4
     cost = plan.cost(mode, batch, tile_rows=tile_rows)
@@ -218,7 +214,7 @@ def check_layers_fit(
         if name in forced:
             modes = [forced[name]]
         else:
-            modes = [m for m in MODES if m != "fused" or plan.top_is_linear]
+            modes = [m for m in Mode if m is not Mode.FUSED or plan.top_is_linear]
         io = batch * (plan.in_features + plan.out_features) * 4  # not in materialize's count
         sizes = {
             m: layer_memory_bytes(plan, m, batch, tile_rows=tile_rows)
@@ -249,14 +245,14 @@ def _written_elements(plan: ADNTNPlan, mode: str, batch: int, tile_rows: int | N
 
 def predict_latency_ms(
     plan: ADNTNPlan,
-    mode: str,
+    mode: Mode | str,
     batch: int,
     rates: DeviceRates,
     *,
     tile_rows: int | None = None,
 ) -> float:
     """Predicted milliseconds of one call of the layer in ``mode`` (see the module docstring)."""
-    _check_mode(mode)
+    mode = parse_mode(mode, Mode)
     over = rates.node_overhead_us * 1e-3
     m, n = plan.out_features, plan.in_features
     if mode == "materialize":
@@ -292,7 +288,7 @@ def layer_candidates(
     *,
     tile_rows: int | None = None,
     measured_ms: Mapping[str, float] | None = None,
-    modes: Sequence[str] = MODES,
+    modes: Sequence[Mode | str] = tuple(Mode),
 ) -> list[Candidate]:
     """Every mode ``plan`` can run in, with predicted latency, memory and measured latency.
 
@@ -300,9 +296,8 @@ def layer_candidates(
     """
     measured = dict(measured_ms or {})
     out = []
-    for mode in modes:
-        _check_mode(mode)
-        if mode == "fused" and not plan.top_is_linear:
+    for mode in (parse_mode(m, Mode) for m in modes):
+        if mode is Mode.FUSED and not plan.top_is_linear:
             continue
         out.append(
             Candidate(
@@ -365,38 +360,18 @@ def choose_modes(
     if not names:
         return {}
     budget = math.inf if memory_budget_mb is None else memory_budget_mb * MB
-    smallest = sum(min(c.memory_bytes for c in candidates[n]) for n in names)
-    if smallest > budget:
-        need = {n: min(candidates[n], key=lambda c: c.memory_bytes) for n in names}
-        detail = ", ".join(
-            f"{n or 'layer'}: {c.mode} {_fmt_mb(c.memory_bytes)}" for n, c in need.items()
-        )
-        min_mb = math.ceil(smallest / MB * 100) / 100
-        raise BudgetError(
-            f"no choice of modes fits memory_budget_mb={memory_budget_mb}: the smallest "
-            f"budget that fits is {min_mb:.2f} MB ({detail})",
-            min_mb,
-        )
+    _check_fits(candidates, budget, memory_budget_mb)
     options = [sorted(candidates[n], key=lambda c: (c.latency_ms, c.memory_bytes)) for n in names]
     best = _search(options, budget, latency_target_ms)
     total_ms = sum(c.latency_ms for c in best)
     total_b = sum(c.memory_bytes for c in best)
-    met = latency_target_ms is not None and total_ms <= latency_target_ms
     out = {}
     for name, chosen, opts in zip(names, best, options, strict=True):
         others = [c for c in opts if c.mode != chosen.mode]
-        why: list[str] = []
-        for c in others:
-            if c.memory_bytes > budget:
-                why.append(f"{_fmt_c(c)}: over the budget")
-            elif c.latency_ms < chosen.latency_ms:
-                why.append(f"{_fmt_c(c)}: faster but more memory")
-            else:
-                why.append(f"{_fmt_c(c)}: slower")
         if latency_target_ms is None:
             head = "lowest predicted latency" if chosen.measured_ms is None else "lowest latency"
             head += " within the budget" if memory_budget_mb is not None else ""
-        elif met:
+        elif total_ms <= latency_target_ms:
             head = (
                 f"least memory among choices meeting the {latency_target_ms:g} ms target "
                 f"(ADNTN layers total {total_ms:.3g} ms, {_fmt_mb(total_b)})"
@@ -408,11 +383,41 @@ def choose_modes(
                 + (" within the budget" if memory_budget_mb is not None else "")
             )
         budget_txt = "" if memory_budget_mb is None else f"; budget {memory_budget_mb:g} MB"
-        reason = f"{_fmt_c(chosen)}: {head}{budget_txt}"
-        if why:
-            reason += "; not " + "; ".join(why)
+        reason = f"{_fmt_c(chosen)}: {head}{budget_txt}" + _why_not(chosen, others, budget)
         out[name] = LayerChoice(name, chosen.mode, chosen, others, reason)
     return out
+
+
+def _check_fits(
+    candidates: Mapping[str, Sequence[Candidate]], budget: float, memory_budget_mb: float | None
+) -> None:
+    """:class:`BudgetError` naming the smallest budget that fits, when ``budget`` does not."""
+    smallest = sum(min(c.memory_bytes for c in cands) for cands in candidates.values())
+    if smallest <= budget:
+        return
+    need = {n: min(cands, key=lambda c: c.memory_bytes) for n, cands in candidates.items()}
+    detail = ", ".join(
+        f"{n or 'layer'}: {c.mode} {_fmt_mb(c.memory_bytes)}" for n, c in need.items()
+    )
+    min_mb = math.ceil(smallest / MB * 100) / 100
+    raise BudgetError(
+        f"no choice of modes fits memory_budget_mb={memory_budget_mb}: the smallest "
+        f"budget that fits is {min_mb:.2f} MB ({detail})",
+        min_mb,
+    )
+
+
+def _why_not(chosen: Candidate, others: Sequence[Candidate], budget: float) -> str:
+    """Why each alternative lost, as ``"; not ..."`` (empty when there is none)."""
+    why: list[str] = []
+    for c in others:
+        if c.memory_bytes > budget:
+            why.append(f"{_fmt_c(c)}: over the budget")
+        elif c.latency_ms < chosen.latency_ms:
+            why.append(f"{_fmt_c(c)}: faster but more memory")
+        else:
+            why.append(f"{_fmt_c(c)}: slower")
+    return "; not " + "; ".join(why) if why else ""
 
 
 def _search(options: list[list[Candidate]], budget: float, target: float | None) -> list[Candidate]:

@@ -5,15 +5,28 @@ It needs numpy alone, so it also serves as the last-resort executor on a device.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
 from adntn_runtime.activations import apply_activation
+from adntn_runtime.modes import Mode, parse_mode
 from adntn_runtime.plan import ADNTNPlan
-from adntn_runtime.schedule import Contract, Schedule
+from adntn_runtime.schedule import Contract, Schedule, Step
 
-__all__ = ["apply", "generate_weight", "run_schedule"]
+__all__ = ["apply", "fused_constants", "generate_weight", "run_schedule"]
+
+#: A two-operand einsum: ``numpy.einsum`` or a BLAS-backed one (``opt_einsum.contract``).
+Einsum = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _run_steps(steps: Iterable[Step], env: dict[str, np.ndarray], einsum: Einsum) -> None:
+    for step in steps:
+        if isinstance(step, Contract):
+            a, b = (env[name] for name in step.inputs)
+            env[step.output] = einsum(step.equation, a, b)
+        else:
+            env[step.output] = apply_activation(step.activation, env[step.input])
 
 
 def run_schedule(
@@ -25,13 +38,24 @@ def run_schedule(
     missing = [name for name in schedule.inputs if name not in env]
     if missing:
         raise ValueError(f"schedule inputs missing: {missing}; expected {list(schedule.inputs)}")
-    for step in schedule.steps:
-        if isinstance(step, Contract):
-            a, b = (env[name] for name in step.inputs)
-            env[step.output] = np.einsum(step.equation, a, b)
-        else:
-            env[step.output] = apply_activation(step.activation, env[step.input])
+    _run_steps(schedule.steps, env, np.einsum)
     return env[schedule.output]
+
+
+def fused_constants(
+    plan: ADNTNPlan,
+    cores: Mapping[str, np.ndarray],
+    batch: int = 1,
+    *,
+    einsum: Einsum = np.einsum,
+) -> dict[str, np.ndarray]:
+    """The fused mode's ``x``-independent values (:attr:`Schedule.cached_values`), computed
+    once from the cores: what a fused layer keeps between calls."""
+    _check_cores(plan, cores)
+    sch = plan.schedule(Mode.FUSED, batch=batch)
+    env = dict(cores)
+    _run_steps(sch.constant_steps, env, einsum)
+    return {name: env[name] for name in sch.cached_values}
 
 
 def _check_cores(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> None:
@@ -72,15 +96,18 @@ def generate_weight(
 
 
 def apply(
-    plan: ADNTNPlan, cores: Mapping[str, np.ndarray], x: np.ndarray, *, mode: str = "fused"
+    plan: ADNTNPlan,
+    cores: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    mode: Mode | str = Mode.FUSED,
 ) -> np.ndarray:
     """``y = x @ W.T`` for ``x`` of shape ``(batch, in_features)`` in any mode."""
     if x.ndim != 2 or x.shape[1] != plan.in_features:
         raise ValueError(f"x must have shape (batch, {plan.in_features}), got {tuple(x.shape)}")
-    if mode in ("materialize", "regenerate"):
+    mode = parse_mode(mode, Mode)
+    if mode is not Mode.FUSED:
         return x @ generate_weight(plan, cores, mode=mode).T
-    if mode != "fused":
-        raise ValueError(f"unknown mode {mode!r}; valid modes: materialize, regenerate, fused")
     _check_cores(plan, cores)
     b = x.shape[0]
     xp = np.zeros((b, plan.cols_padded), dtype=x.dtype)

@@ -308,6 +308,25 @@ class Schedule:
         """The :class:`Contract` steps only."""
         return tuple(s for s in self.steps if isinstance(s, Contract))
 
+    @property
+    def cached_values(self) -> frozenset[str]:
+        """The ``x``-independent part of a fused schedule: values computed from the cores alone
+        that a step depending on ``x`` reads. The fused mode computes them once (at load, or
+        on the first call) and keeps them; every executor takes the set from here.
+
+        Empty for a schedule that does not read ``x``.
+        """
+        consumed: set[str] = set()
+        for step in self.steps:
+            if step.uses_input:
+                consumed.update(step.inputs if isinstance(step, Contract) else (step.input,))
+        return frozenset(consumed & {s.output for s in self.constant_steps})
+
+    @property
+    def constant_steps(self) -> tuple[Step, ...]:
+        """The steps that do not depend on ``x`` (all of them outside the fused mode)."""
+        return tuple(s for s in self.steps if not s.uses_input)
+
     def _tile_dims(self) -> list[dict[Leg, int]]:
         if not self.tiles:
             return [self.dims]

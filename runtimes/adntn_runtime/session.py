@@ -17,8 +17,9 @@ for ADNTN layers:
 * materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and hands
   the dense weight to ORT as an external initializer (``add_external_initializers``: no
   protobuf copy), feeding an ordinary ``Gemm``/``Conv``; the cores are dropped;
-* fused: the runtime evaluates the layer's ``x``-independent nodes once at load and stores
-  the results (the small cached factors) as initializers;
+* fused: the runtime computes the layer's ``x``-independent values once at load (the plan's
+  ``Schedule.cached_values``, contracted in numpy) and stores them as initializers (their
+  transposes and reshapes folded too), so the graph holds only the steps that read ``x``;
 * regenerate: left as lowered; when any layer is regenerated, ``ConstantFolding`` is switched
   off for the session (it is then a no-op for the other two modes, already precomputed).
 
@@ -40,10 +41,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from adntn_runtime import onnx_lowering as lowering
 from adntn_runtime.files import read_onnx
-from adntn_runtime.onnx_lowering import ADNTN_DOMAIN, LayerSpec
-from adntn_runtime.plan import MODES, ADNTNPlan
+from adntn_runtime.layer_lowering import LoweredLayer
+from adntn_runtime.layer_spec import LayerSpec
+from adntn_runtime.modes import Mode, parse_mode
+from adntn_runtime.onnx_format import (
+    SESSION_OPTIONS_KEY,
+    is_placeholder,
+    placeholder_layers,
+    register_schemas,
+    spec_from_node,
+)
+from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.policy import (
     DEFAULT_RATES,
     Candidate,
@@ -54,7 +63,14 @@ from adntn_runtime.policy import (
     fitting,
     layer_candidates,
 )
+from adntn_runtime.reference import fused_constants
 from adntn_runtime.schedule import Contract
+from adntn_runtime.substitution import (
+    layer_model,
+    lower_placeholder,
+    resolve_modes,
+    substitute_placeholders,
+)
 
 __all__ = ["LayerDecision", "Session", "generate_weight_fast", "load", "lower_for_runtime"]
 
@@ -126,13 +142,6 @@ def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np
 
 
 # ---------------------------------------------------------------------------- lowering
-def _meta(node: onnx.NodeProto, key: str) -> str | None:
-    for p in node.metadata_props:
-        if p.key == key:
-            return p.value
-    return None
-
-
 def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
     t = onnx.TensorProto()
     t.name = name
@@ -149,9 +158,9 @@ def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
     return t
 
 
-def _materialize_nodes(
+def _materialize_layer(
     spec: LayerSpec, input_name: str, output_name: str, externals: dict[str, np.ndarray]
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+) -> LoweredLayer:
     """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer)."""
     p = spec.prefix
     w = generate_weight_fast(spec.plan, spec.cores)
@@ -198,12 +207,12 @@ def _materialize_nodes(
             mk("MatMul", [input_name, wname], output_name, "matmul")
     externals[wname] = w
     inits.append(_external_tensor(wname, w.shape))
-    return nodes, inits
+    return LoweredLayer(nodes, inits)
 
 
 def lower_for_runtime(
     model: onnx.ModelProto,
-    modes: Mapping[str, str],
+    modes: Mode | str | Mapping[str, Mode | str],
     *,
     einsum: bool | Mapping[str, bool] = True,
     batch_hint: int = 1,
@@ -211,146 +220,45 @@ def lower_for_runtime(
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
     """Lower every placeholder in its mode, the runtime's way (see the module docstring).
 
+    The substitution pass is the exporter's (:func:`~adntn_runtime.substitution.
+    substitute_placeholders`); only materialize is lowered differently (the weight contracted
+    in numpy) and fused layers get their ``x``-independent values (the plan's
+    :attr:`~adntn_runtime.schedule.Schedule.cached_values`) computed once, in numpy.
+
     Returns ``(model, externals, needs_no_folding)``: ``externals`` maps initializer names to
     the materialized weights to pass with ``SessionOptions.add_external_initializers``.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    names = lowering.placeholder_layers(out)
-    missing = [n for n in names if n not in modes]
-    unknown = [n for n in modes if n not in names]
-    if missing or unknown:
-        raise ValueError(
-            f"modes must name every ADNTN layer exactly: missing {missing}, unknown {unknown}; "
-            f"the model's layers: {names}"
-        )
-    opset = lowering._default_opset(out)
-    graph = out.graph
-    inits = {t.name: t for t in graph.initializer}
-    arrays: dict[str, np.ndarray] = {}
+    per_layer = resolve_modes(placeholder_layers(model), modes, Mode, name="modes")
     externals: dict[str, np.ndarray] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
-    needs_no_folding = False
-    fused_layers: set[str] = set()
-    for node in graph.node:
-        if not (node.domain == ADNTN_DOMAIN and node.op_type in ("ADNTNLinear", "ADNTNConv2d")):
-            new_nodes.append(node)
-            continue
-        for name in node.input[1:]:
-            if name not in arrays and name in inits:
-                arrays[name] = numpy_helper.to_array(inits[name])
-        spec = lowering.spec_from_node(node, arrays)
-        mode = modes[spec.name]
-        if mode not in MODES:
-            raise ValueError(
-                f"layer {spec.prefix!r}: unknown mode {mode!r}; valid modes: {list(MODES)}"
-            )
+
+    def lower(spec: LayerSpec, mode: Mode, node: onnx.NodeProto, opset: int) -> LoweredLayer:
         use_einsum = einsum if isinstance(einsum, bool) else bool(einsum.get(spec.name, True))
-        if mode == "materialize":
-            nodes, extra = _materialize_nodes(spec, node.input[0], node.output[0], externals)
+        if mode is Mode.MATERIALIZE:
+            lowered = _materialize_layer(spec, node.input[0], node.output[0], externals)
         else:
-            lowered = lowering.lower_layer(
+            constants = None
+            if mode is Mode.FUSED:  # the x-independent values, computed here once
+                import opt_einsum
+
+                constants = fused_constants(
+                    spec.plan, spec.cores, batch_hint, einsum=opt_einsum.contract
+                )
+            lowered = lower_placeholder(
                 spec,
                 mode,
-                input_name=node.input[0],
-                output_name=node.output[0],
+                node,
+                opset,
                 einsum=use_einsum,
-                opset=opset,
                 batch_hint=batch_hint,
                 tile_rows=tile_rows,
-                param_names=lowering.placeholder_param_names(node),
+                fused_constants=constants,
             )
-            nodes, extra = lowered.nodes, lowered.initializers
-            needs_no_folding |= lowered.needs_no_constant_folding
-            if mode == "fused":
-                fused_layers.add(spec.prefix)
-        new_nodes.extend(nodes)
-        new_inits.extend(extra)
-        lowering.record_layer_metadata(
-            out, spec, mode, einsum=use_einsum, lowered_by="adntn_runtime"
-        )
-    used = {name for n in new_nodes for name in n.input}
-    kept = [t for t in list(graph.initializer) + new_inits if t.name in used]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    keep = [imp for imp in out.opset_import if imp.domain != ADNTN_DOMAIN]
-    del out.opset_import[:]
-    out.opset_import.extend(keep)
-    out.ir_version = lowering.IR_VERSION
-    if fused_layers:
-        _precompute_constants(out, fused_layers)
-    if needs_no_folding:
-        lowering.set_metadata(
-            out, lowering.SESSION_OPTIONS_KEY, json.dumps(lowering.NO_FOLDING_SESSION_OPTIONS)
-        )
-    return out, externals, needs_no_folding
+        lowered.info["einsum"] = use_einsum
+        return lowered
 
-
-def _precompute_constants(model: onnx.ModelProto, layers: set[str]) -> None:
-    """Evaluate the ``x``-independent nodes of the given layers once; store them as initializers."""
-    import onnxruntime as ort
-
-    graph = model.graph
-    const = {t.name for t in graph.initializer}
-    picked: list[onnx.NodeProto] = []
-    picked_ids: set[int] = set()
-    for idx, node in enumerate(graph.node):
-        if _meta(node, "adntn.layer") not in layers or not node.input:
-            continue
-        if all(i == "" or i in const for i in node.input):
-            picked.append(node)
-            picked_ids.add(idx)
-            const.update(node.output)
-    if not picked:
-        return
-    produced = {o for n in picked for o in n.output}
-    rest = [n for i, n in enumerate(graph.node) if i not in picked_ids]
-    frontier = sorted(
-        {i for n in rest for i in n.input if i in produced}
-        | {o.name for o in graph.output if o.name in produced}
-    )
-    if not frontier:
-        return
-    needed = {i for n in picked for i in n.input}
-    mini_inits = [t for t in graph.initializer if t.name in needed]
-    mini = helper.make_graph(
-        picked,
-        "adntn_constants",
-        [],
-        [helper.make_tensor_value_info(v, TensorProto.UNDEFINED, None) for v in frontier],
-        mini_inits,
-    )
-    mini_model = helper.make_model(mini, opset_imports=list(model.opset_import))
-    mini_model.ir_version = model.ir_version
-    inferred = onnx.shape_inference.infer_shapes(mini_model)
-    types = {
-        vi.name: vi.type.tensor_type.elem_type
-        for vi in [*inferred.graph.value_info, *inferred.graph.output]
-    }
-    del mini_model.graph.output[:]
-    mini_model.graph.output.extend(
-        helper.make_tensor_value_info(v, types.get(v) or TensorProto.FLOAT, None) for v in frontier
-    )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(
-        mini_model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-    )
-    values = sess.run(frontier, {})
-    del graph.node[:]
-    graph.node.extend(rest)
-    graph.initializer.extend(
-        numpy_helper.from_array(np.asarray(v), name)
-        for name, v in zip(frontier, values, strict=True)
-    )
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    out = substitute_placeholders(model, per_layer, lower, lowered_by="adntn_runtime")
+    no_folding = any(p.key == SESSION_OPTIONS_KEY for p in out.metadata_props)
+    return out, externals, no_folding
 
 
 # ---------------------------------------------------------------------------- session
@@ -581,9 +489,7 @@ def _measure_layer(
     from adntn_runtime.calibration import time_call, vm_rss_bytes
 
     before = vm_rss_bytes()
-    m = lowering.layer_model(
-        spec, "auto", input_shape=[d if d else "batch" for d in shape], opset=18
-    )
+    m = layer_model(spec, "auto", input_shape=[d if d else "batch" for d in shape], opset=18)
     lowered, externals, no_fold = lower_for_runtime(
         m, {spec.name: mode}, einsum=einsum, batch_hint=shape[0], tile_rows=tile_rows
     )
@@ -605,6 +511,268 @@ def _measure_layer(
     return {"ms": ms, "rss_bytes": grown}
 
 
+def _forced_modes(
+    layers: Sequence[str], modes: Mode | str | Mapping[str, Mode | str] | None
+) -> dict[str, Mode]:
+    """Layer -> the mode the caller forces (validated once); empty when the policy picks."""
+    if modes is None:
+        return {}
+    if not isinstance(modes, Mapping):
+        return dict.fromkeys(layers, parse_mode(modes, Mode, name="modes"))
+    unknown = [name for name in modes if name not in layers]
+    if unknown:
+        raise ValueError(f"modes names unknown layer {unknown[0]!r}; the model's layers: {layers}")
+    return {name: parse_mode(m, Mode, name=f"modes[{name!r}]") for name, m in modes.items()}
+
+
+def _ort_session(
+    lowered: onnx.ModelProto,
+    externals: Mapping[str, np.ndarray],
+    threads: int | None,
+    no_fold: bool,
+    optimized_path: Any,
+    path: Path,
+) -> tuple[Any, dict[str, Any]]:
+    """The ORT session over a lowered model, the materialized weights passed as external
+    initializers (no protobuf copy); returns it and the ``OrtValue``s it reads."""
+    import onnxruntime as ort
+
+    so = _session_options(threads, no_fold, optimized_path)
+    ort_values = {}
+    if externals:
+        ort_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in externals.items()}
+        so.add_external_initializers(list(ort_values), list(ort_values.values()))
+    return _make_ort_session(lowered.SerializeToString(), so, path), ort_values
+
+
+class _Planner:
+    """The policy's side of :func:`load`: candidates per layer, measured when calibrating,
+    the choice, and the decisions reported."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        path: Path,
+        forced: Mapping[str, Mode],
+        options: Mapping[str, Any],
+        threads: int,
+    ) -> None:
+        register_schemas()
+        self.model = model
+        self.path = path
+        self.forced = dict(forced)
+        self.batch: int = options["batch"]
+        self.einsum: bool | None = options["einsum"]
+        self.tile_rows: int | None = options["tile_rows"]
+        self.calibrate_on: bool = options["calibrate"]
+        self.memory_budget_mb: float | None = options["memory_budget_mb"]
+        self.latency_target_ms: float | None = options["latency_target_ms"]
+        self.threads = threads
+        self.specs = _layer_specs(model)
+        check_layers_fit(
+            {n: sp.plan for n, (sp, _) in self.specs.items()},
+            self.forced,
+            self.batch,
+            tile_rows=self.tile_rows,
+        )
+        self.rates: DeviceRates = DEFAULT_RATES
+        self.cache: Any = None
+        self.candidates: dict[str, list[Candidate]] = {}
+        self.choices: dict[str, LayerChoice] = {}
+        self.measured_rss: dict[tuple[str, str], int] = {}
+        self.einsum_pick: dict[str, bool] = {}
+        self.shapes: dict[str, list[int] | None] = {}
+
+    @property
+    def free(self) -> list[str]:
+        """The layers whose mode the policy picks."""
+        return [n for n in self.specs if n not in self.forced]
+
+    # -------------------------------------------------------------- candidates
+    def calibrate(self) -> None:
+        """Device rates (measured or cached), then every free layer's candidates."""
+        if self.calibrate_on and self.free:
+            from adntn_runtime.calibration import (
+                CalibrationCache,
+                measure_device_rates,
+                sha256_file,
+            )
+
+            self.cache = CalibrationCache(sha256_file(self.path))
+            cached = self.cache.rates(self.threads)
+            if cached is None:
+                cached = measure_device_rates(self.threads)
+                self.cache.set_rates(self.threads, cached)
+            self.rates = cached
+        for name in self.free:
+            self.candidates[name] = self._layer_candidates(name)
+
+    def _layer_candidates(self, name: str) -> list[Candidate]:
+        """``name``'s candidates; when calibrating, each worth measuring measured."""
+        spec, node = self.specs[name]
+        cands = fitting(
+            layer_candidates(spec.plan, self.batch, self.rates, tile_rows=self.tile_rows)
+        )
+        if self.cache is None:
+            return cands
+        shape = _layer_input_shape(self.model, node.input[0], self.batch)
+        if shape is None and spec.kind == "linear" and spec.input_rank == 2:
+            shape = [self.batch, spec.plan.in_features]
+        self.shapes[name] = shape
+        budget = math.inf if self.memory_budget_mb is None else self.memory_budget_mb * 2**20
+        fits = [c for c in cands if c.memory_bytes <= budget]
+        best_pred = min((c.predicted_ms for c in fits), default=math.inf)
+        out = []
+        for c in cands:
+            skip = None
+            if shape is None:
+                skip = "input shape unknown"
+            elif c.memory_bytes > budget:
+                skip = "over the memory budget"
+            elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
+                skip = f"predicted > {_MEASURE_RATIO:g}x the best"
+            if skip:
+                out.append(Candidate(c.mode, c.predicted_ms, c.memory_bytes, None, skip))
+            else:
+                out.append(self.measure(name, c))
+        return out
+
+    def measure(self, name: str, c: Candidate) -> Candidate:
+        """``c`` with its measured latency (cached per device and model)."""
+        assert self.cache is not None
+        spec = self.specs[name][0]
+        shape = self.shapes[name]
+        assert shape is not None
+        forms = (
+            [True, False]
+            if (self.einsum is None and c.mode == "fused")
+            else [self.einsum is not False]
+        )
+        best = None
+        for form in forms:
+            key = (
+                f"{name}|{c.mode}|einsum={int(form)}|b{self.batch}|t{self.threads}"
+                f"|tile={self.tile_rows}"
+            )
+            got = self.cache.layer(key)
+            if got is None:
+                got = _measure_layer(
+                    spec, c.mode, shape, self.threads, einsum=form, tile_rows=self.tile_rows
+                )
+                self.cache.set_layer(key, got)
+            if best is None or got["ms"] < best[1]["ms"]:
+                best = (form, got)
+        assert best is not None
+        if c.mode == "fused":
+            self.einsum_pick[name] = best[0]
+        self.measured_rss[(name, c.mode)] = int(best[1]["rss_bytes"])
+        return Candidate(c.mode, c.predicted_ms, c.memory_bytes, best[1]["ms"])
+
+    # -------------------------------------------------------------- choice
+    def _choose_once(self) -> None:
+        self.choices = (
+            choose_modes(
+                self.candidates,
+                memory_budget_mb=self.memory_budget_mb,
+                latency_target_ms=self.latency_target_ms,
+            )
+            if self.candidates
+            else {}
+        )
+
+    def choose(self) -> None:
+        """The policy's pick; a pick resting on a prediction alone gets measured, then the
+        policy runs again (three rounds at most)."""
+        self._choose_once()
+        if self.cache is None:
+            return
+        for _ in range(3):
+            todo = [
+                (n, ch.candidate)
+                for n, ch in self.choices.items()
+                if ch.candidate.measured_ms is None and self.shapes.get(n) is not None
+            ]
+            if not todo:
+                break
+            for n, cand in todo:
+                self.candidates[n] = [
+                    self.measure(n, c) if c is cand else c for c in self.candidates[n]
+                ]
+            self._choose_once()
+        self.cache.save()
+
+    # -------------------------------------------------------------- decisions
+    def einsum_form(self, name: str, mode: str) -> bool:
+        """Einsum (True) or MatMul form of ``name`` in ``mode``."""
+        default = True if self.einsum is None else self.einsum
+        if mode == "fused" and name not in self.forced:
+            return self.einsum_pick.get(name, default)
+        return default
+
+    def decisions(self, modes: object) -> dict[str, LayerDecision]:
+        """Layer -> its :class:`LayerDecision`, in the model's order."""
+        return {
+            name: self._forced_decision(name, modes)
+            if name in self.forced
+            else self._chosen_decision(name)
+            for name in self.specs
+        }
+
+    def _forced_decision(self, name: str, modes: object) -> LayerDecision:
+        spec = self.specs[name][0]
+        mode = self.forced[name]
+        cands = layer_candidates(spec.plan, self.batch, self.rates, tile_rows=self.tile_rows)
+        c = {c.mode: c for c in cands}.get(mode)
+        shown = modes if not isinstance(modes, Mode) else modes.value
+        return LayerDecision(
+            name,
+            str(mode),
+            True,
+            f"{mode}: forced by the caller (modes={shown!r})",
+            predicted_ms=c.predicted_ms if c else None,
+            predicted_memory_bytes=c.memory_bytes if c else None,
+            einsum=self.einsum_form(name, mode) if mode != "materialize" else None,
+            tile_rows=self.tile_rows,
+        )
+
+    def _chosen_decision(self, name: str) -> LayerDecision:
+        ch = self.choices[name]
+        return LayerDecision(
+            name,
+            str(ch.mode),
+            False,
+            ch.reason,
+            predicted_ms=ch.candidate.predicted_ms,
+            measured_ms=ch.candidate.measured_ms,
+            predicted_memory_bytes=ch.candidate.memory_bytes,
+            measured_memory_bytes=self.measured_rss.get((name, ch.mode)),
+            einsum=self.einsum_form(name, ch.mode) if ch.mode != "materialize" else None,
+            tile_rows=self.tile_rows if ch.mode == "regenerate" else None,
+            alternatives=[
+                {
+                    "mode": a.mode,
+                    "predicted_ms": a.predicted_ms,
+                    "measured_ms": a.measured_ms,
+                    "memory_bytes": a.memory_bytes,
+                    "note": a.note,
+                }
+                for a in ch.alternatives
+            ],
+        )
+
+
+def _layer_specs(model: onnx.ModelProto) -> dict[str, tuple[LayerSpec, onnx.NodeProto]]:
+    """Layer name -> (spec, placeholder node), in the model's order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    specs: dict[str, tuple[LayerSpec, onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if is_placeholder(node):
+            arrays = {n: numpy_helper.to_array(inits[n]) for n in node.input[1:] if n in inits}
+            spec = spec_from_node(node, arrays)
+            specs[spec.name] = (spec, node)
+    return specs
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -614,7 +782,7 @@ def load(
     threads: int | None = None,
     calibrate: bool = True,
     einsum: bool | None = None,
-    modes: str | Mapping[str, str] | None = None,
+    modes: Mode | str | Mapping[str, Mode | str] | None = None,
     tile_rows: int | None = None,
     optimized_model_path: str | os.PathLike[str] | None = None,
     allow_nonfinite: bool = False,
@@ -645,206 +813,58 @@ def load(
         ValueError: a corrupt file, bad arguments, an impossible budget
             (:class:`~adntn_runtime.policy.BudgetError` names the smallest that fits).
     """
-    import onnxruntime as ort
-
     t_start = time.perf_counter()
     _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum)
+    options = dict(
+        batch=batch,
+        threads=threads,
+        memory_budget_mb=memory_budget_mb,
+        latency_target_ms=latency_target_ms,
+        calibrate=calibrate,
+        einsum=einsum,
+        tile_rows=tile_rows,
+    )
     path = Path(path)
     model = _read_model(path, allow_nonfinite)
-    options = {
-        "batch": batch,
-        "threads": threads,
-        "memory_budget_mb": memory_budget_mb,
-        "latency_target_ms": latency_target_ms,
-        "calibrate": calibrate,
-        "einsum": einsum,
-        "tile_rows": tile_rows,
-    }
-    layers = lowering.placeholder_layers(model)
-    meta = {p.key: p.value for p in model.metadata_props}
+    layers = placeholder_layers(model)
     if not layers:
+        meta = {p.key: p.value for p in model.metadata_props}
         del model  # free the parsed proto (it may hold a dense weight) before ORT loads
         return _load_fixed(path, meta, options, threads, optimized_model_path, t_start)
+    holder = [model]
+    del model  # _load_auto holds the only reference, dropped before ORT loads
+    return _load_auto(holder, path, layers, modes, options, optimized_model_path, t_start)
 
-    if modes is not None and isinstance(modes, str) and modes not in MODES:
-        raise ValueError(f"unknown mode {modes!r}; valid modes: {list(MODES)}")
-    forced = dict.fromkeys(layers, modes) if isinstance(modes, str) else dict(modes or {})
-    for name, m in forced.items():
-        if name not in layers:
-            raise ValueError(f"modes names unknown layer {name!r}; the model's layers: {layers}")
-        if m not in MODES:
-            raise ValueError(f"layer {name!r}: unknown mode {m!r}; valid modes: {list(MODES)}")
 
-    lowering.register_schemas()
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    specs: dict[str, tuple[LayerSpec, onnx.NodeProto]] = {}
-    for node in graph.node:
-        if node.domain == ADNTN_DOMAIN and node.op_type in ("ADNTNLinear", "ADNTNConv2d"):
-            arrays = {n: numpy_helper.to_array(inits[n]) for n in node.input[1:] if n in inits}
-            spec = lowering.spec_from_node(node, arrays)
-            specs[spec.name] = (spec, node)
-
-    check_layers_fit(
-        {n: sp.plan for n, (sp, _) in specs.items()}, forced, batch, tile_rows=tile_rows
-    )
-    threads_eff = threads or os.cpu_count() or 1
+def _load_auto(
+    holder: list[onnx.ModelProto],
+    path: Path,
+    layers: Sequence[str],
+    modes: Mode | str | Mapping[str, Mode | str] | None,
+    options: dict[str, Any],
+    optimized_model_path: Any,
+    t_start: float,
+) -> Session:
+    """:func:`load` of a file with placeholders: decide, lower, open the ORT session."""
+    model = holder.pop()
+    threads, batch, tile_rows = options["threads"], options["batch"], options["tile_rows"]
+    forced = _forced_modes(layers, modes)
+    planner = _Planner(model, path, forced, options, threads or os.cpu_count() or 1)
     t_cal = time.perf_counter()
-    rates: DeviceRates = DEFAULT_RATES
-    cache = None
-    free = [n for n in specs if n not in forced]
-    if calibrate and free:
-        from adntn_runtime.calibration import CalibrationCache, measure_device_rates, sha256_file
-
-        cache = CalibrationCache(sha256_file(path))
-        cached = cache.rates(threads_eff)
-        if cached is None:
-            cached = measure_device_rates(threads_eff)
-            cache.set_rates(threads_eff, cached)
-        rates = cached
-
-    budget = math.inf if memory_budget_mb is None else memory_budget_mb * 2**20
-    candidates: dict[str, list[Candidate]] = {}
-    measured_rss: dict[tuple[str, str], int] = {}
-    einsum_pick: dict[str, bool] = {}
-    shapes: dict[str, list[int] | None] = {}
-
-    def measure(name: str, c: Candidate) -> Candidate:
-        """``c`` with its measured latency (cached per device and model)."""
-        assert cache is not None
-        spec = specs[name][0]
-        shape = shapes[name]
-        assert shape is not None
-        forms = [True, False] if (einsum is None and c.mode == "fused") else [einsum is not False]
-        best = None
-        for form in forms:
-            key = f"{name}|{c.mode}|einsum={int(form)}|b{batch}|t{threads_eff}|tile={tile_rows}"
-            got = cache.layer(key)
-            if got is None:
-                got = _measure_layer(
-                    spec, c.mode, shape, threads_eff, einsum=form, tile_rows=tile_rows
-                )
-                cache.set_layer(key, got)
-            if best is None or got["ms"] < best[1]["ms"]:
-                best = (form, got)
-        assert best is not None
-        if c.mode == "fused":
-            einsum_pick[name] = best[0]
-        measured_rss[(name, c.mode)] = int(best[1]["rss_bytes"])
-        return Candidate(c.mode, c.predicted_ms, c.memory_bytes, best[1]["ms"])
-
-    for name in free:
-        spec, node = specs[name]
-        cands = fitting(layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows))
-        if cache is not None:
-            shape = _layer_input_shape(model, node.input[0], batch)
-            if shape is None and spec.kind == "linear" and spec.input_rank == 2:
-                shape = [batch, spec.plan.in_features]
-            shapes[name] = shape
-            fits = [c for c in cands if c.memory_bytes <= budget]
-            best_pred = min((c.predicted_ms for c in fits), default=math.inf)
-            new = []
-            for c in cands:
-                skip = None
-                if shape is None:
-                    skip = "input shape unknown"
-                elif c.memory_bytes > budget:
-                    skip = "over the memory budget"
-                elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
-                    skip = f"predicted > {_MEASURE_RATIO:g}x the best"
-                if skip:
-                    new.append(Candidate(c.mode, c.predicted_ms, c.memory_bytes, None, skip))
-                else:
-                    new.append(measure(name, c))
-            cands = new
-        candidates[name] = cands
-
-    def choose() -> dict[str, LayerChoice]:
-        if not candidates:
-            return {}
-        return choose_modes(
-            candidates, memory_budget_mb=memory_budget_mb, latency_target_ms=latency_target_ms
-        )
-
-    choices = choose()
-    if cache is not None:
-        # A pick resting on a prediction alone gets measured, then the policy runs again.
-        for _ in range(3):
-            todo = [
-                (n, ch.candidate)
-                for n, ch in choices.items()
-                if ch.candidate.measured_ms is None and shapes.get(n) is not None
-            ]
-            if not todo:
-                break
-            for n, cand in todo:
-                candidates[n] = [measure(n, c) if c is cand else c for c in candidates[n]]
-            choices = choose()
-        cache.save()
-    calibration_seconds = time.perf_counter() - t_cal if cache is not None else 0.0
-
-    decisions: dict[str, LayerDecision] = {}
-    final_modes: dict[str, str] = {}
-    einsum_flags: dict[str, bool] = {}
-    for name in specs:
-        spec = specs[name][0]
-        default_form = True if einsum is None else einsum
-        if name in forced:
-            mode = forced[name]
-            cands = {
-                c.mode: c for c in layer_candidates(spec.plan, batch, rates, tile_rows=tile_rows)
-            }
-            c = cands.get(mode)
-            decisions[name] = LayerDecision(
-                name,
-                mode,
-                True,
-                f"{mode}: forced by the caller (modes={modes!r})",
-                predicted_ms=c.predicted_ms if c else None,
-                predicted_memory_bytes=c.memory_bytes if c else None,
-                einsum=default_form if mode != "materialize" else None,
-                tile_rows=tile_rows,
-            )
-            final_modes[name] = mode
-            einsum_flags[name] = default_form
-            continue
-        ch = choices[name]
-        form = einsum_pick.get(name, default_form) if ch.mode == "fused" else default_form
-        decisions[name] = LayerDecision(
-            name,
-            ch.mode,
-            False,
-            ch.reason,
-            predicted_ms=ch.candidate.predicted_ms,
-            measured_ms=ch.candidate.measured_ms,
-            predicted_memory_bytes=ch.candidate.memory_bytes,
-            measured_memory_bytes=measured_rss.get((name, ch.mode)),
-            einsum=form if ch.mode != "materialize" else None,
-            tile_rows=tile_rows if ch.mode == "regenerate" else None,
-            alternatives=[
-                {
-                    "mode": a.mode,
-                    "predicted_ms": a.predicted_ms,
-                    "measured_ms": a.measured_ms,
-                    "memory_bytes": a.memory_bytes,
-                    "note": a.note,
-                }
-                for a in ch.alternatives
-            ],
-        )
-        final_modes[name] = ch.mode
-        einsum_flags[name] = form
-
+    planner.calibrate()
+    planner.choose()
+    calibration_seconds = time.perf_counter() - t_cal if planner.cache is not None else 0.0
+    decisions = planner.decisions(modes)
+    final_modes = {name: d.mode for name, d in decisions.items()}
+    einsum_flags = {name: planner.einsum_form(name, d.mode) for name, d in decisions.items()}
     lowered, externals, no_fold = lower_for_runtime(
         model, final_modes, einsum=einsum_flags, batch_hint=batch, tile_rows=tile_rows
     )
-    del model
-    so = _session_options(threads, no_fold, optimized_model_path)
-    ort_values = {}
-    if externals:
-        ort_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in externals.items()}
-        so.add_external_initializers(list(ort_values), list(ort_values.values()))
-    sess = _make_ort_session(lowered.SerializeToString(), so, path)
+    rates = planner.rates
+    del model, planner
+    sess, ort_values = _ort_session(
+        lowered, externals, threads, no_fold, optimized_model_path, path
+    )
     options["constant_folding"] = not no_fold
     return Session(
         sess,
@@ -885,7 +905,7 @@ def _load_fixed(
             f"{mode}: forced (the file was exported in fixed mode {mode!r})",
             einsum=info.get("einsum"),
         )
-    no_fold = "ConstantFolding" in meta.get(lowering.SESSION_OPTIONS_KEY, "")
+    no_fold = "ConstantFolding" in meta.get(SESSION_OPTIONS_KEY, "")
     so = _session_options(threads, no_fold, optimized_path)
     sess = _make_ort_session(str(path), so, path)
     options["constant_folding"] = not no_fold
