@@ -1,8 +1,10 @@
-"""``adntn compile MODEL.onnx --target T -o OUTDIR [--mode fold|materialize|regenerate]``."""
+"""``adntn compile MODEL.onnx --target T -o OUTDIR [--mode M | --memory-budget-mb MB ...]``."""
 
 from __future__ import annotations
 
 import argparse
+
+from adntn_runtime.modes import LoweringMode
 
 
 def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
@@ -11,9 +13,15 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]] | None:
     out = {}
     for v in values:
         name, sep, dims = v.partition("=")
-        if not sep:
-            raise ValueError(f"bad --input-shape {v!r}: expected NAME=D0,D1,...")
-        out[name] = [int(d) for d in dims.split(",")]
+        try:
+            shape = [int(d) for d in dims.split(",")] if sep else []
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or min(shape) < 1:
+            raise ValueError(
+                f"bad --input-shape {v!r}: expected NAME=D0,D1,... with positive integer sizes"
+            )
+        out[name] = shape
     return out
 
 
@@ -21,9 +29,18 @@ def _handler(args: argparse.Namespace) -> int:
     from adntn_export.tvm_backend.compile import compile_onnx
 
     manifest = compile_onnx(
-        args.model, args.target, args.output, mode=args.mode, input_shapes=_shapes(args.input_shape)
+        args.model,
+        args.target,
+        args.output,
+        mode=args.mode,
+        input_shapes=_shapes(args.input_shape),
+        batch=args.batch,
+        memory_budget_mb=args.memory_budget_mb,
+        latency_target_ms=args.latency_target_ms,
     )
     print(f"compiled {args.model} for {manifest.target} ({manifest.mode}) -> {args.output}")
+    for name, layer in manifest.layers.items():
+        print(f"  {name}: {layer['mode']} ({layer['reason']})")
     for note in manifest.notes:
         print(f"note: {note}")
     return 0
@@ -31,21 +48,34 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compile`` verb."""
-    from adntn_export.tvm_backend.compile import MODES
     from adntn_export.tvm_backend.targets import target_names
 
     p = subparsers.add_parser("compile", help="compile an ONNX model with Apache TVM")
-    p.add_argument("model", help="ONNX model")
+    p.add_argument("model", help="ONNX model (any file `adntn export` writes)")
     p.add_argument("--target", required=True, choices=target_names())
     p.add_argument("-o", "--output", required=True, help="output folder (OUTDIR)")
     p.add_argument(
         "--mode",
-        choices=MODES,
+        choices=[m.value for m in LoweringMode],
         default=None,
-        help="fold: weights generated at compile time; materialize: weights generated once "
-        "at load from the embedded cores; regenerate: weights regenerated at every call "
-        "(default: regenerate for ADNTN regenerate exports, else fold)",
+        help="force every ADNTN layer's mode: dense (weight folded at compile time), "
+        "materialize (built once at load), regenerate (rebuilt at every call), fused "
+        "(default: the policy chooses per layer for --mode auto exports; the export's "
+        "modes otherwise)",
     )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="memory the ADNTN layers may hold (policy, auto exports)",
+    )
+    p.add_argument(
+        "--latency-target-ms",
+        type=float,
+        default=None,
+        help="good-enough latency of the ADNTN layers (policy, auto exports)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="batch size for a dynamic batch")
     p.add_argument(
         "--input-shape",
         action="append",

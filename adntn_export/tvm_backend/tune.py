@@ -267,7 +267,7 @@ def tune_onnx(
         light_tensor_intrinsics()
     if remaining:
         runner, builder = _runner_and_builder(spec, rpc_tracker, rpc_key)
-    prepared = prepare_relax(onnx_path, mode="fold", input_shapes=input_shapes)
+    prepared = prepare_relax(onnx_path, input_shapes=input_shapes)
     tvm_target = spec.tvm_target()
     say = (lambda msg: print(f"[tune] {msg}", file=sys.stderr)) if progress else (lambda m: None)
     say(
