@@ -247,6 +247,8 @@ def prepare_relax(
                 "at export (export with --mode auto to let the policy choose)"
             )
         layers = file_layer_modes(model, mode=mode)
+        if mode is not None and not layers:
+            notes.append(f"--mode {mode} ignored: the model has no ADNTN layer")
         if any(n.op_type == "Einsum" for n in model.graph.node):
             notes.append(
                 "Einsum nodes compiled with TVM's einsum (export with --mode auto or "

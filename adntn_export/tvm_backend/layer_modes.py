@@ -29,7 +29,7 @@ from typing import Any
 
 from adntn_runtime import onnx_lowering as lowering
 from adntn_runtime.modes import LoweringMode, parse_mode
-from adntn_runtime.policy import DEFAULT_RATES, choose_modes, layer_candidates
+from adntn_runtime.policy import DEFAULT_RATES, BudgetError, choose_modes, layer_candidates
 
 __all__ = ["LayerMode", "file_layer_modes", "placeholder_layer_modes"]
 
@@ -86,13 +86,19 @@ def placeholder_layer_modes(
         choices = choose_modes(
             candidates, memory_budget_mb=memory_budget_mb, latency_target_ms=latency_target_ms
         )
-    except ValueError as exc:  # name the CLI flags, not the Python keywords
-        text = str(exc).replace("memory_budget_mb", "--memory-budget-mb")
-        raise type(exc)(text.replace("latency_target_ms", "--latency-target-ms")) from None
+    except BudgetError as exc:  # name the CLI flags, not the Python keywords
+        raise BudgetError(_flags(str(exc)), exc.min_budget_mb) from None
+    except ValueError as exc:
+        raise ValueError(_flags(str(exc))) from None
     return {
         n: LayerMode(LoweringMode(c.mode), f"policy (batch {batch}): {c.reason}")
         for n, c in choices.items()
     }
+
+
+def _flags(text: str) -> str:
+    text = text.replace("memory_budget_mb", "--memory-budget-mb")
+    return text.replace("latency_target_ms", "--latency-target-ms")
 
 
 def file_layer_modes(model: Any, *, mode: str | None) -> dict[str, LayerMode]:
