@@ -37,12 +37,17 @@ def _handler(args: argparse.Namespace) -> int:
         batch=args.batch,
         memory_budget_mb=args.memory_budget_mb,
         latency_target_ms=args.latency_target_ms,
+        runner=args.with_runner,
     )
     print(f"compiled {args.model} for {manifest.target} ({manifest.mode}) -> {args.output}")
     for name, layer in manifest.layers.items():
         print(f"  {name}: {layer['mode']} ({layer['reason']})")
     for note in manifest.notes:
         print(f"note: {note}")
+    if args.with_runner:
+        mat = " --materialize" if manifest.materialize else ""
+        out = args.output.rstrip("/")
+        print(f"run on the device: {out}/runtime/tvm_runner {out}/model.so RESULTS{mat} INPUT.npy")
     return 0
 
 
@@ -81,5 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME=D0,D1",
         help="static shape for a dynamic input (repeatable)",
+    )
+    p.add_argument(
+        "--with-runner",
+        action="store_true",
+        help="also put the C++ tvm_runner for the device in OUTDIR/runtime/ (CPU targets): "
+        "OUTDIR/runtime/tvm_runner OUTDIR/model.so RESULTS [--materialize] INPUT.npy",
     )
     p.set_defaults(handler=_handler)

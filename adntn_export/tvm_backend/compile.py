@@ -259,12 +259,37 @@ def prepare_relax(
     norm = normalize(model, {t.name: t.shape for t in inputs}, [*regen, *mat])
 
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
-    mod = from_onnx(norm.model)
+    mod = _import(norm.model, path, relax)
     n_regen = len(regen)
     mod = _split_weights(mod, relax, len(inputs), norm.params[:n_regen], norm.params[n_regen:])
     return Prepared(mod, inputs, _uniform_mode(layers), notes, layers)
+
+
+def _import(model: Any, path: Path, relax: Any) -> Any:
+    """``from_onnx``; on failure a ``ValueError`` naming the file, with the importer's
+    BlockBuilder closed first (else TVM warns "BlockBuilder destroyed with remaining blocks!"
+    when the traceback is dropped)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model)
+    except Exception as exc:  # the importer raises many types (TVMError, KeyError, ...)
+        _close_builders(exc.__traceback__, relax)
+        raise ValueError(f"TVM's ONNX importer cannot read {path}: {exc}") from None
+
+
+def _close_builders(tb: Any, relax: Any) -> None:
+    """End the blocks a failed import left open on its ``BlockBuilder`` (``self.bb``)."""
+    while tb is not None:
+        builder = getattr(tb.tb_frame.f_locals.get("self"), "bb", None)
+        if isinstance(builder, relax.BlockBuilder):
+            while True:
+                try:
+                    builder._end_block()
+                except Exception:  # no block left
+                    break
+        tb = tb.tb_next
 
 
 def _split_weights(mod: Any, relax: Any, n_data: int, regen: list[Any], mat: list[Any]) -> Any:
@@ -378,6 +403,18 @@ def _copy_runtime(spec: TargetSpec, out: Path, notes: list[str]) -> None:
         )
 
 
+def _copy_runner(spec: TargetSpec, out: Path) -> None:
+    from adntn_export.tvm_backend.runner_build import build_runner
+
+    if spec.kind != "cpu":
+        raise ValueError(
+            f"--with-runner: the C++ tvm_runner runs CPU targets only, not {spec.name} "
+            f"({spec.kind}); leave --with-runner out"
+        )
+    (out / "runtime").mkdir(exist_ok=True)
+    shutil.copy2(build_runner(spec.arch), out / "runtime" / "tvm_runner")
+
+
 def _output_infos(executable_mod: Any) -> list[TensorInfo]:
     ret = executable_mod["main"].ret_ty  # struct info of main's result (TVM 0.27 naming)
     leaves = list(ret.fields) if hasattr(ret, "fields") else [ret]
@@ -395,8 +432,10 @@ def export(
     out_dir: str | os.PathLike[str],
     *,
     tuned: dict[str, Any] | None = None,
+    runner: bool = False,
 ) -> Manifest:
-    """Write ``model.so``, ``runtime/``, ``kernels/`` and ``manifest.json`` into ``out_dir``."""
+    """Write ``model.so``, ``runtime/``, ``kernels/`` and ``manifest.json`` into ``out_dir``;
+    ``runner``: also the C++ ``tvm_runner`` for the device, in ``runtime/`` (CPU targets)."""
     from adntn_export.tvm_backend.device_runtime import versions
 
     out = Path(out_dir)
@@ -412,6 +451,8 @@ def export(
         executable.export_library(str(so), fcompile=fcompile)
     _save_kernels(executable, spec, out, notes)
     _copy_runtime(spec, out, notes)
+    if runner:
+        _copy_runner(spec, out)
     files = {
         str(p.relative_to(out)): _sha256(p)
         for p in sorted(out.rglob("*"))
@@ -449,11 +490,12 @@ def compile_onnx(
     batch: int | None = None,
     memory_budget_mb: float | None = None,
     latency_target_ms: float | None = None,
+    runner: bool = False,
 ) -> Manifest:
     """Compile an ONNX model for a named target into ``out_dir``; returns the manifest.
 
     ``mode``, ``input_shapes``, ``batch``, ``memory_budget_mb``, ``latency_target_ms``: see
-    :func:`prepare_relax`.
+    :func:`prepare_relax`; ``runner``: see :func:`export`.
     """
     spec = get_target(target)
     spec.require_cross_compiler()  # fail before the (slow) import and build
@@ -466,4 +508,4 @@ def compile_onnx(
         latency_target_ms=latency_target_ms,
     )
     executable = build(prepared, spec)
-    return export(executable, prepared, spec, out_dir)
+    return export(executable, prepared, spec, out_dir, runner=runner)
