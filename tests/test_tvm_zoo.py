@@ -10,7 +10,9 @@ and the canonical 224x224 models are ``slow``. Exports and compiles are shared p
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,46 @@ def test_whole_model_cuda(tvm_compiled, target):
         assert fatbins == [] and any("nvcc" in n for n in manifest.notes)
         pytest.skip("nvcc not installed: CUDA source checked, no sm_87 fatbin built")
     assert fatbins == ["model_sm_87.fatbin"]
+
+
+@pytest.mark.parametrize("target", [pytest.param("mali", marks=pytest.mark.slow), "adreno"])
+def test_whole_model_opencl_kernels_build_on_pocl(tvm_compiled, target):
+    """Every OpenCL kernel of the whole small model (convolutions, pooling, the ADNTN layers'
+    matmuls) is accepted by a real OpenCL compiler (PoCL)."""
+    cl = pytest.importorskip("pyopencl")
+    try:
+        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    except cl.Error:
+        devices = []
+    if not devices:
+        pytest.skip("no OpenCL platform/device (install pocl-opencl-icd)")
+    out = tvm_compiled("small_cnn", "auto", target)
+    src = (out / "kernels" / "model.cl").read_text()
+    names = re.findall(r"__kernel void (\w+)\(", src)
+    assert any("matmul" in n for n in names), names
+    assert any("conv" in n for n in names), names
+    prog = cl.Program(cl.Context(devices[:1]), src).build()
+    assert {k.function_name for k in prog.all_kernels()} == set(names)
+
+
+def test_failed_import_leaves_no_block_builder_warning(tmp_path, capfd):
+    """A file TVM's importer rejects fails with a ValueError naming it, and TVM does not print
+    "BlockBuilder destroyed with remaining blocks!" (the importer's builder is closed)."""
+    import gc
+    import sys
+
+    import onnx
+    from tvm import relax
+
+    from adntn_export.tvm_backend.compile import _import
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _tvm_models
+
+    # not normalised: torch's Constant(value_ints), which TVM's importer rejects mid-import
+    path = _tvm_models.torch_style_flatten(tmp_path / "raw.onnx", batch=2)
+    with pytest.raises(ValueError, match="TVM's ONNX importer cannot read .*raw.onnx"):
+        _import(onnx.load(path), Path(path), relax)
+    gc.collect()
+    captured = capfd.readouterr()
+    assert "BlockBuilder destroyed" not in captured.err + captured.out
