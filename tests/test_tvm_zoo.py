@@ -154,9 +154,10 @@ def test_whole_model_cuda(tvm_compiled, target):
 
 
 @pytest.mark.parametrize("target", [pytest.param("mali", marks=pytest.mark.slow), "adreno"])
-def test_whole_model_opencl_kernels_build_on_pocl(tvm_compiled, target):
-    """Every OpenCL kernel of the whole small model (convolutions, pooling, the ADNTN layers'
-    matmuls) is accepted by a real OpenCL compiler (PoCL)."""
+def test_whole_model_opencl_on_pocl(zoo_export, tvm_compiled, target):
+    """The whole small model's OpenCL kernels (convolutions, pooling, the ADNTN layers'
+    matmuls), as shipped in ``kernels/model.cl``, run in order on PoCL with TVM's own launch
+    extents (``_opencl_exec``): logits match torch (numpy arrays end to end)."""
     cl = pytest.importorskip("pyopencl")
     try:
         devices = [d for p in cl.get_platforms() for d in p.get_devices()]
@@ -164,13 +165,28 @@ def test_whole_model_opencl_kernels_build_on_pocl(tvm_compiled, target):
         devices = []
     if not devices:
         pytest.skip("no OpenCL platform/device (install pocl-opencl-icd)")
-    out = tvm_compiled("small_cnn", "auto", target)
+    import sys
+
+    from tvm import relax
+
+    from adntn_export.tvm_backend.compile import prepare_relax
+    from adntn_export.tvm_backend.targets import get_target
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _opencl_exec
+
+    case = zoo_case("small_cnn")
+    out = tvm_compiled("small_cnn", "auto", target, True, "fused")
     src = (out / "kernels" / "model.cl").read_text()
-    names = re.findall(r"__kernel void (\w+)\(", src)
-    assert any("matmul" in n for n in names), names
-    assert any("conv" in n for n in names), names
-    prog = cl.Program(cl.Context(devices[:1]), src).build()
-    assert {k.function_name for k in prog.all_kernels()} == set(names)
+    spec = get_target(target).tvm_target()
+    prepared = prepare_relax(zoo_export("small_cnn", "auto"), mode="fused")
+    with spec:
+        lowered = relax.get_default_pipeline(spec)(prepared.mod)  # what tvm.compile runs
+    logits, launched = _opencl_exec.run_main(lowered, spec, src, [case.x], cl)
+    assert any(k.startswith("matmul") for k in launched), launched
+    assert any("conv2d" in k for k in launched), launched
+    assert set(launched) == set(re.findall(r"__kernel void (\w+)\(", src))  # every kernel ran
+    _close(logits, case.logits, f"tvm {target} on PoCL")
 
 
 def test_failed_import_leaves_no_block_builder_warning(tmp_path, capfd):
