@@ -36,7 +36,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from adntn_export.tvm_backend.compile import Manifest, Prepared, export, prepare_relax
+from adntn_export.tvm_backend.compile import Manifest, export, prepare_relax
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -332,7 +332,7 @@ def tune_onnx(
     }
     return export(
         executable,
-        Prepared(prepared.mod, prepared.inputs, "fold", prepared.notes),
+        prepared,
         spec,
         out_dir,
         tuned=tuned,
