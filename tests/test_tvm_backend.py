@@ -450,3 +450,12 @@ def test_with_num_cores():
     assert get_target("rpi4").with_num_cores(2).target_dict()["num-cores"] == 2
     with pytest.raises(ValueError, match="CPU targets"):
         get_target("mali").with_num_cores(1)
+
+
+def test_manifest_without_layers_still_loads(chain, tmp_path):
+    """Artefacts written before per-layer modes (no ``layers`` key) still load."""
+    tc.compile_onnx(chain, "host", tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    del raw["layers"]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert tc.Manifest.load(tmp_path).layers == {}

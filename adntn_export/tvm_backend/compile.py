@@ -3,7 +3,8 @@
 Layout of ``OUT`` (every file's sha256 is in the manifest)::
 
     model.so          Relax VM executable + kernels, linked for the target CPU (cross-linked
-                      for ARM). VM function ``main`` takes the data inputs only.
+                      for ARM). VM function ``main`` takes the data inputs (then
+                      ``materialize()``'s results, when the manifest names it).
     manifest.json     target, mode, input/output names, shapes and dtypes, hashes, versions.
     runtime/          TVM runtime libraries for the device (libtvm_runtime.so, libtvm_ffi.so,
                       + libtvm_runtime_cuda.so for Jetson) - copy with model.so to the device.
