@@ -240,20 +240,22 @@ def test_opencl_kernels_run_on_pocl(tmp_path, target):
 # ----------------------------------------------------------------------------- RPC
 
 
-def test_rpc_deploy_and_run_via_tracker(cores, x64, tmp_path):
+def test_rpc_deploy_and_run_via_tracker(x64, tmp_path):
     """Host (x86) rpc_server registered on a local tracker at 127.0.0.1 (no ARM server here)."""
     pytest.importorskip("tornado")
     pytest.importorskip("psutil")
     from adntn_export.tvm_backend import rpc
 
-    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    layer = models.adntn_layer(tmp_path / "l.onnx")
+    out = tmp_path / "out"
+    assert tc.compile_onnx(layer, "host", out, mode="materialize").materialize == "materialize"
     with rpc.start_local_rpc("adntn-test") as local:
-        model = tr.load_rpc(tmp_path, tracker=local.tracker_address, key="adntn-test")
-        np.testing.assert_allclose(model.run([x64])[0], _ref(cores, x64), atol=1e-5)
+        model = tr.load_rpc(out, tracker=local.tracker_address, key="adntn-test")
+        np.testing.assert_allclose(model.run([x64])[0], _layer_ref(layer, x64), atol=1e-5)
         assert model.bench([x64], runs=5).runs == 5
 
 
-def test_bench_over_rpc(cores, tmp_path):
+def test_bench_over_rpc(tmp_path):
     """`adntn bench --runtime tvm --rpc-tracker`: the child process runs the artefact on a
     device from the tracker (its own tracker and server: one session at a time each)."""
     pytest.importorskip("tornado")
@@ -261,7 +263,7 @@ def test_bench_over_rpc(cores, tmp_path):
     from adntn_export.tvm_backend import rpc
     from adntn_runtime.bench import bench_model, validate_result
 
-    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    tc.compile_onnx(models.adntn_layer(tmp_path / "l.onnx"), "host", tmp_path, mode="materialize")
     with rpc.start_local_rpc("adntn-bench") as local:
         data = bench_model(
             tmp_path,
