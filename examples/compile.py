@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnx.numpy_helper
 import torch
 
 from adntn_export.compress import compress
@@ -38,26 +35,5 @@ args.out.mkdir(parents=True, exist_ok=True)
 onnx_path = export_onnx(
     model, torch.randn(*shape), args.out / f"{name}.onnx", mode="fused", dynamic_batch=False
 )
-# TVM's ONNX importer (0.27) reads only the tensor form of Constant ("no value in Constant"
-# otherwise); the torch exporter writes shape constants as value_ints. Rewrite them.
-proto = onnx.load(onnx_path)
-for node in proto.graph.node:
-    if node.op_type == "Constant":
-        for attr in list(node.attribute):
-            plain = {
-                "value_ints": (list(attr.ints), np.int64),
-                "value_int": (attr.i, np.int64),
-                "value_floats": (list(attr.floats), np.float32),
-                "value_float": (attr.f, np.float32),
-            }
-            if attr.name in plain:
-                value, dtype = plain[attr.name]
-                node.attribute.remove(attr)
-                node.attribute.append(
-                    onnx.helper.make_attribute(
-                        "value", onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
-                    )
-                )
-onnx.save(proto, onnx_path)
 manifest = compile_onnx(onnx_path, args.target, args.out)
 print(f"compiled {onnx_path} for {args.target} into {args.out}: {manifest}")

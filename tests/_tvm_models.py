@@ -106,3 +106,42 @@ def factorised_4096(path, n: int = 64, r: int = 4, seed: int = 3) -> str:
         helper.make_node("Reshape", ["o", "s_out"], ["y"]),
     ]
     return _save(nodes, [_f("x", [1, n * n])], [_f("y", [1, n * n])], inits, path)
+
+
+def adntn_layer(
+    path, out_features: int = 64, in_features: int = 64, batch: int = 2, seed: int = 4
+) -> str:
+    """One ADNTN linear layer (seeded TTN plan and cores) as an ``auto`` placeholder file."""
+    from conftest import random_cores, random_plan
+
+    from adntn_runtime.onnx_lowering import LayerSpec, layer_model
+
+    plan = random_plan(seed, network="ttn", out_features=out_features, in_features=in_features)
+    cores = {k: (v / 2).astype(np.float32) for k, v in random_cores(plan, seed).items()}
+    spec = LayerSpec(name="fc", kind="linear", plan=plan, cores=cores)
+    model = layer_model(spec, "auto", input_shape=(batch, in_features))
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def torch_style_flatten(path, batch: int | str = "batch", seed: int = 5) -> str:
+    """What torch's exporter writes for ``flatten``: a ``Constant`` with ``value_ints`` and a
+    ``Shape -> Gather -> Concat -> Reshape`` sub-graph over a (symbolic) batch, then Gemm."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((10, 48)) / 7).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["minus1"], value_ints=[-1]),
+        helper.make_node("Constant", [], ["zero"], value_ints=[0]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Concat", ["n", "minus1"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["x", "flat"], ["x2"]),
+        helper.make_node("Gemm", ["x2", "w"], ["y"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(w, "w")]
+    g = helper.make_graph(nodes, "g", [_f("x", [batch, 3, 4, 4])], [_f("y", [batch, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return str(path)

@@ -1,12 +1,14 @@
 """`adntn compile` on real ADNTN exports (export_onnx): every export mode, Einsum on/off,
-ttn/attn/mera, compiled for the host and checked against ONNX Runtime to 1e-5.
+ttn/attn/mera, compiled for the host and checked against ONNX Runtime to 1e-5; each layer keeps
+the mode its export fixed (``manifest.json`` says so), ``--mode dense`` folds a
+materialize/regenerate layer's weight at compile time.
 
 Exports are small (ADNTNLinear(256, 64) + ReLU, batch 2) so compiling is ~1 s each. Each network
 is exported once with ``mode="auto"`` through :func:`export_onnx` and lowered to every mode with
 :func:`adntn_runtime.onnx_lowering.lower_model` (what ``export_onnx`` does after tracing); one
 model per network is also exported directly with ``export_onnx(mode=...)``. The fast set covers
 every network, mode and Einsum setting at least once; the full matrix (every network x mode
-x Einsum on/off, each compiled in every compile mode) is ``slow``.
+x Einsum on/off, compiled as exported and, where possible, dense) is ``slow``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NETWORKS
 
 pytest.importorskip("tvm")
 ort = pytest.importorskip("onnxruntime")
@@ -26,7 +29,6 @@ from adntn_export.tvm_backend import compile as tc  # noqa: E402
 from adntn_export.tvm_backend import run as tr  # noqa: E402
 from adntn_runtime.onnx_lowering import lower_model, session_options_for  # noqa: E402
 
-NETWORKS = ("ttn", "attn", "mera")
 MODES = ("fused", "regenerate", "materialize", "dense")
 IN, OUT, BATCH = 256, 64, 2
 TILE_ROWS = 32  # regenerate: 2 tiles (the default, one row per tile, makes 64 kernels)
@@ -80,7 +82,6 @@ def _check(path: Path, x: np.ndarray, out: Path, mode: str | None = None) -> tc.
     manifest = tc.compile_onnx(path, "host", out, mode=mode)
     got = tr.load(out).run([x])[0]
     np.testing.assert_allclose(got, _ort(path, x), atol=1e-5, rtol=1e-5)
-    assert not any("Einsum left" in n for n in manifest.notes), manifest.notes
     return manifest
 
 
@@ -100,14 +101,17 @@ FULL = list(itertools.product(NETWORKS, MODES, (True, False)))
 def test_adntn_export_compiles_and_matches_ort(exports, x, tmp_path, net, mode, einsum):
     path = _lowered(exports, net, mode, einsum, tmp_path)
     manifest = _check(path, x, tmp_path / "out")
-    assert manifest.mode == ("regenerate" if mode == "regenerate" else "fold")
+    assert manifest.mode == mode
+    layer = f"fixed by the export (adntn export --mode {mode})"
+    assert manifest.layers == {"0": {"mode": mode, "reason": layer}}
+    assert (manifest.materialize is not None) == (mode in ("materialize", "regenerate"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("net", "mode", "einsum"), FULL)
 def test_adntn_export_full_matrix(exports, x, tmp_path, net, mode, einsum):
     path = _lowered(exports, net, mode, einsum, tmp_path)
-    for cmode in (None, "fold", "materialize"):
+    for cmode in (None, mode, "dense") if mode in ("materialize", "regenerate") else (None, mode):
         _check(path, x, tmp_path / f"out-{cmode}", mode=cmode)
 
 
@@ -120,7 +124,7 @@ def test_adntn_export_full_matrix(exports, x, tmp_path, net, mode, einsum):
     ],
 )
 def test_direct_export_onnx_fused(x, tmp_path, net):
-    """export_onnx(mode="fused") straight to a file, compiled fold and materialize."""
+    """export_onnx(mode="fused") straight to a file: compiles fused; other modes refused."""
     from adntn_export.onnx_export import export_onnx
 
     path = export_onnx(
@@ -131,9 +135,10 @@ def test_direct_export_onnx_fused(x, tmp_path, net):
         dynamic_batch=False,
         einsum=net != "attn",
     )
-    _check(path, x, tmp_path / "fold")
-    manifest = _check(path, x, tmp_path / "mat", mode="materialize")
-    assert manifest.materialize == "materialize"
+    manifest = _check(path, x, tmp_path / "fused")
+    assert manifest.mode == "fused" and manifest.materialize is None
+    with pytest.raises(ValueError, match=r"--mode materialize: layer '0' was exported in mode"):
+        tc.compile_onnx(path, "host", tmp_path / "mat", mode="materialize")
 
 
 def _constant_sizes(mod) -> list[int]:
@@ -154,52 +159,52 @@ def _constant_sizes(mod) -> list[int]:
 
 
 def test_regenerate_keeps_regenerating(exports, x, tmp_path):
-    """A regenerate export compiles (by default) to a `main` that rebuilds the weight at every
-    call from the cores; `fold` would store the generated weight instead (documented)."""
+    """A regenerate export compiles to a `main` that rebuilds the weight at every call from
+    the cores (`materialize()` only hands them over); `--mode dense` folds it instead."""
     import tvm
     from tvm import relax
 
     from adntn_export.tvm_backend.targets import get_target
 
     path = _lowered(exports, "ttn", "regenerate", False, tmp_path)
-    n_inits = len(onnx.load(str(path)).graph.initializer)
-    prepared = tc.prepare_relax(path)  # mode None -> regenerate (adntn.session_options)
-    assert prepared.mode == "regenerate" and any("regenerate" in n for n in prepared.notes)
+    cores = [i for i in onnx.load(str(path)).graph.initializer if i.data_type == 1]
+    cores = [i for i in cores if int(np.prod(i.dims)) > 1]
+    prepared = tc.prepare_relax(path)
+    assert prepared.mode == "regenerate"
     with get_target("host").tvm_target():
         lowered = relax.get_pipeline("zero")(prepared.mod)  # includes FoldConstant
     main = lowered["main"]
-    assert len(main.params) == 1 + n_inits  # x + every stored tensor, passed in, not bound
-    # no constant anywhere as large as a weight tile (TILE_ROWS x IN): nothing was folded
-    assert max(_constant_sizes(lowered), default=0) < TILE_ROWS * IN
+    assert len(main.params) == 1 + len(cores)  # x + every core, passed in, not bound
+    # no constant in main as large as a weight tile (TILE_ROWS x IN): nothing was folded
+    main_only = tvm.IRModule({"main": main})
+    assert max(_constant_sizes(main_only), default=0) < TILE_ROWS * IN
     # materialize() hands back the stored tensors unchanged (the cores, not a weight)
     ex = tvm.compile(prepared.mod, target=get_target("host").tvm_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    stored = vm["materialize"]()
-    shapes = sorted(tuple(t.shape) for t in stored)
-    assert shapes == sorted(tuple(i.dims) for i in onnx.load(str(path)).graph.initializer)
-    # fold mode on the same file folds every tile's weight into a constant
-    folded = tc.prepare_relax(path, mode="fold")
+    shapes = sorted(tuple(t.shape) for t in vm["materialize"]())
+    assert shapes == sorted(tuple(i.dims) for i in cores)
+    # --mode dense on the same file folds every tile's weight into a constant
+    folded = tc.prepare_relax(path, mode="dense")
     with get_target("host").tvm_target():
         folded_mod = relax.get_pipeline("zero")(folded.mod)
     assert max(_constant_sizes(folded_mod)) >= TILE_ROWS * IN
-    out = tmp_path / "out"
-    manifest = _check(path, x, out)
+    manifest = _check(path, x, tmp_path / "out")
     assert manifest.mode == "regenerate" and manifest.materialize == "materialize"
 
 
 def test_materialize_mode_lifts_weight_generation(exports, x, tmp_path):
-    """compile mode materialize (LiftTransformParams): materialize() returns the dense weight."""
+    """A materialize layer (LiftTransformParams): materialize() returns the dense weight."""
     import tvm
     from tvm import relax
 
     from adntn_export.tvm_backend.targets import get_target
 
     path = _lowered(exports, "mera", "materialize", True, tmp_path)
-    prepared = tc.prepare_relax(path, mode="materialize")
+    prepared = tc.prepare_relax(path)
     ex = tvm.compile(prepared.mod, target=get_target("host").tvm_target())
     weights = relax.VirtualMachine(ex, tvm.cpu())["materialize"]()
     assert any(int(np.prod(w.shape)) == IN * OUT for w in weights)
-    _check(path, x, tmp_path / "out", mode="materialize")
+    _check(path, x, tmp_path / "out")
 
 
 def test_cli_compile_regenerate(exports, tmp_path, capsys):
@@ -208,4 +213,4 @@ def test_cli_compile_regenerate(exports, tmp_path, capsys):
     path = _lowered(exports, "attn", "regenerate", True, tmp_path)
     assert main(["compile", str(path), "--target", "host", "-o", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "(regenerate)" in out and "constant folding off" in out
+    assert "(regenerate)" in out and "0: regenerate (fixed by the export" in out

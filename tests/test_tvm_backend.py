@@ -49,21 +49,20 @@ def x64() -> np.ndarray:
 # ----------------------------------------------------------------------------- host
 
 
-@pytest.mark.parametrize("mode", ["fold", "materialize"])
-def test_host_compile_matches_onnxruntime(chain, cores, x64, tmp_path, mode):
+def test_host_compile_matches_onnxruntime(chain, cores, x64, tmp_path):
+    """Plain models (no ADNTN layer): every weight is a constant (manifest mode dense)."""
     for model in (chain, cores):
         out = tmp_path / Path(model).stem
-        manifest = tc.compile_onnx(model, "host", out, mode=mode)
+        manifest = tc.compile_onnx(model, "host", out)
         got = tr.load(out).run({"x": x64})[0]
         np.testing.assert_allclose(got, _ref(model, x64), atol=1e-5, rtol=1e-5)
-        assert manifest.mode == mode
-        assert (manifest.materialize is not None) == (mode == "materialize")
+        assert manifest.mode == "dense" and manifest.layers == {} and manifest.materialize is None
 
 
 def test_manifest_contents(chain, tmp_path):
     tc.compile_onnx(chain, "host", tmp_path)
     raw = json.loads((tmp_path / "manifest.json").read_text())
-    assert raw["target"] == "host" and raw["mode"] == "fold"
+    assert raw["target"] == "host" and raw["mode"] == "dense" and raw["layers"] == {}
     assert raw["inputs"] == [{"name": "x", "shape": [2, 64], "dtype": "float32"}]
     assert raw["outputs"][0]["shape"] == [128]
     assert raw["tvm_version"].startswith("0.27") and raw["created"]
@@ -76,30 +75,65 @@ def test_manifest_contents(chain, tmp_path):
         assert hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() == digest
 
 
-def test_materialize_keeps_only_cores(tmp_path):
-    """materialize: main takes data inputs + generated weights; weights come from cores."""
-    big = models.adntn_cores(tmp_path / "big.onnx", n=512, rank=4)
-    fold = tc.compile_onnx(big, "host", tmp_path / "fold")
-    mat = tc.compile_onnx(big, "host", tmp_path / "mat", mode="materialize")
-    size = lambda o: (tmp_path / o / "model.so").stat().st_size  # noqa: E731
-    assert size("mat") < size("fold") / 4  # 512x512 dense weight folded vs 2x512x4 cores
-    x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
-    for out in ("fold", "mat"):
-        got = tr.load(tmp_path / out).run([x])[0]
-        np.testing.assert_allclose(got, _ref(big, x), atol=1e-4)  # 512-term sums
-    assert fold.materialize is None and mat.materialize == "materialize"
-
-
-def test_einsum_rewritten_and_correct(tmp_path):
+def _layer_ref(path: str, x: np.ndarray) -> np.ndarray:
     import onnx
 
-    from adntn_export.tvm_backend.einsum_rewrite import rewrite_einsum
+    from adntn_runtime.onnx_lowering import lower_model
 
+    dense = lower_model(onnx.load(path), "dense")
+    sess = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def test_materialize_keeps_only_cores(tmp_path):
+    """An auto layer compiled dense stores its weight; materialize stores the cores and
+    builds the weight once at load (main takes data inputs + the built weight)."""
+    big = models.adntn_layer(tmp_path / "big.onnx", 512, 512)
+    dense = tc.compile_onnx(big, "host", tmp_path / "dense", mode="dense")
+    mat = tc.compile_onnx(big, "host", tmp_path / "mat", mode="materialize")
+    size = lambda o: (tmp_path / o / "model.so").stat().st_size  # noqa: E731
+    assert size("mat") < size("dense") / 4  # the 512x512 weight vs the cores
+    x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    for out in ("dense", "mat"):
+        got = tr.load(tmp_path / out).run([x])[0]
+        np.testing.assert_allclose(got, _layer_ref(big, x), atol=1e-4)  # 512-term sums
+    assert dense.materialize is None and mat.materialize == "materialize"
+    assert dense.layers["fc"]["reason"] == "forced by --mode dense"
+
+
+def test_auto_layer_policy_and_budget(tmp_path):
+    """No --mode: the device policy picks (reason in the manifest); a budget below the
+    smallest mode names the flag and the budget that fits."""
+    path = models.adntn_layer(tmp_path / "l.onnx", 256, 256)
+    manifest = tc.compile_onnx(path, "host", tmp_path / "o")
+    assert manifest.layers["fc"]["reason"].startswith("policy (batch 2)")
+    assert manifest.layers["fc"]["mode"] in ("materialize", "regenerate", "fused")
+    tight = tc.compile_onnx(path, "host", tmp_path / "t", memory_budget_mb=0.1)
+    assert tight.layers["fc"]["mode"] != "materialize"  # 256 KB of dense weight is over
+    with pytest.raises(ValueError, match=r"--memory-budget-mb=1e-06.*smallest budget"):
+        tc.compile_onnx(path, "host", tmp_path / "e", memory_budget_mb=1e-6)
+
+
+def test_torch_style_constants_and_dynamic_batch(tmp_path):
+    """Constant(value_ints) + shape sub-graph over a symbolic batch: normalised by the
+    onnxscript optimizer; the batch comes from --batch / --input-shape, named in errors."""
+    path = models.torch_style_flatten(tmp_path / "f.onnx")
+    with pytest.raises(ValueError, match=r"give --batch N or --input-shape x=D0,D1"):
+        tc.compile_onnx(path, "host", tmp_path / "o")
+    x = np.random.default_rng(2).standard_normal((3, 3, 4, 4)).astype(np.float32)
+    for kw in ({"batch": 3}, {"input_shapes": {"x": [3, 3, 4, 4]}}):
+        manifest = tc.compile_onnx(path, "host", tmp_path / "o", **kw)
+        assert manifest.inputs[0].shape == [3, 3, 4, 4]
+        np.testing.assert_allclose(tr.load(tmp_path / "o").run([x])[0], _ref(path, x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"--input-shape names unknown inputs \['y'\]"):
+        tc.compile_onnx(path, "host", tmp_path / "o", batch=3, input_shapes={"y": [1]})
+    with pytest.raises(ValueError, match=r"--batch 0 is not a batch size"):
+        tc.compile_onnx(path, "host", tmp_path / "o", batch=0)
+
+
+def test_einsum_model_compiles_with_tvm_einsum(tmp_path):
     path = models.einsum_model(tmp_path / "ein.onnx")
-    rewritten, left = rewrite_einsum(onnx.load(path))
-    assert left == [] and all(n.op_type != "Einsum" for n in rewritten.graph.node)
-    manifest = tc.compile_onnx(path, "host", tmp_path / "out")
-    assert manifest.notes == []
+    tc.compile_onnx(path, "host", tmp_path / "out")
     x = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
     np.testing.assert_allclose(tr.load(tmp_path / "out").run([x])[0], _ref(path, x), atol=1e-5)
 
@@ -124,16 +158,17 @@ def _need_aarch64():
 
 
 @pytest.mark.parametrize("target", ["rpi4", "rpi5"])
-@pytest.mark.parametrize("mode", ["fold", "materialize"])
-def test_arm_artefacts_run_under_qemu(cores, x64, tmp_path, target, mode):
+@pytest.mark.parametrize("mode", ["dense", "materialize"])
+def test_arm_artefacts_run_under_qemu(x64, tmp_path, target, mode):
     _need_aarch64()
-    tc.compile_onnx(cores, target, tmp_path, mode=mode)
+    layer = models.adntn_layer(tmp_path / "l.onnx")
+    tc.compile_onnx(layer, target, tmp_path, mode=mode)
     head = (tmp_path / "model.so").read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     for lib in ("libtvm_runtime.so", "libtvm_ffi.so"):
         assert (tmp_path / "runtime" / lib).read_bytes()[18:20] == head[18:20]
     outs, _ = tr.run_with_runner(tmp_path, [x64])
-    np.testing.assert_allclose(outs[0], _ref(cores, x64), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(outs[0], _layer_ref(layer, x64), atol=1e-5, rtol=1e-5)
 
 
 def test_arm_artefact_refuses_in_process_load(chain, tmp_path):
@@ -152,7 +187,13 @@ def test_jetson_emits_cuda_source(chain, tmp_path, target):
     manifest = tc.compile_onnx(chain, target, tmp_path)
     src = (tmp_path / "kernels" / "model.cu").read_text()
     assert "__global__" in src and "kernels/model.cu" in manifest.files
-    assert "runtime/libtvm_runtime_cuda.so" in manifest.files or manifest.notes
+    from adntn_export.tvm_backend.device_runtime import find_runtime
+
+    if find_runtime("aarch64") is not None:
+        assert "runtime/libtvm_runtime_cuda.so" in manifest.files
+    else:
+        assert "runtime/libtvm_runtime_cuda.so" not in manifest.files
+        assert any(n.startswith("runtime/ not populated") for n in manifest.notes)
     fatbins = list((tmp_path / "kernels").glob("*.fatbin"))
     if shutil.which("nvcc") is None:
         assert fatbins == [] and any("nvcc" in n for n in manifest.notes)
@@ -193,20 +234,22 @@ def test_opencl_kernels_run_on_pocl(tmp_path, target):
 # ----------------------------------------------------------------------------- RPC
 
 
-def test_rpc_deploy_and_run_via_tracker(cores, x64, tmp_path):
+def test_rpc_deploy_and_run_via_tracker(x64, tmp_path):
     """Host (x86) rpc_server registered on a local tracker at 127.0.0.1 (no ARM server here)."""
     pytest.importorskip("tornado")
     pytest.importorskip("psutil")
     from adntn_export.tvm_backend import rpc
 
-    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    layer = models.adntn_layer(tmp_path / "l.onnx")
+    out = tmp_path / "out"
+    assert tc.compile_onnx(layer, "host", out, mode="materialize").materialize == "materialize"
     with rpc.start_local_rpc("adntn-test") as local:
-        model = tr.load_rpc(tmp_path, tracker=local.tracker_address, key="adntn-test")
-        np.testing.assert_allclose(model.run([x64])[0], _ref(cores, x64), atol=1e-5)
+        model = tr.load_rpc(out, tracker=local.tracker_address, key="adntn-test")
+        np.testing.assert_allclose(model.run([x64])[0], _layer_ref(layer, x64), atol=1e-5)
         assert model.bench([x64], runs=5).runs == 5
 
 
-def test_bench_over_rpc(cores, tmp_path):
+def test_bench_over_rpc(tmp_path):
     """`adntn bench --runtime tvm --rpc-tracker`: the child process runs the artefact on a
     device from the tracker (its own tracker and server: one session at a time each)."""
     pytest.importorskip("tornado")
@@ -214,7 +257,7 @@ def test_bench_over_rpc(cores, tmp_path):
     from adntn_export.tvm_backend import rpc
     from adntn_runtime.bench import bench_model, validate_result
 
-    tc.compile_onnx(cores, "host", tmp_path, mode="materialize")
+    tc.compile_onnx(models.adntn_layer(tmp_path / "l.onnx"), "host", tmp_path, mode="materialize")
     with rpc.start_local_rpc("adntn-bench") as local:
         data = bench_model(
             tmp_path,
@@ -279,7 +322,7 @@ def test_missing_cross_compiler(chain, tmp_path, monkeypatch):
 
 
 def test_bad_mode_and_missing_model(chain, tmp_path):
-    with pytest.raises(ValueError, match="unknown mode 'lazy'"):
+    with pytest.raises(ValueError, match=r"--mode='lazy' is not a valid mode; choose one of"):
         tc.compile_onnx(chain, "host", tmp_path, mode="lazy")
     with pytest.raises(FileNotFoundError, match="not found"):
         tc.compile_onnx(tmp_path / "nope.onnx", "host", tmp_path)
@@ -330,22 +373,15 @@ def test_corrupt_database(chain, tmp_path):
 def test_cli_compile_and_errors(chain, tmp_path, capsys):
     from adntn_export.cli import main
 
-    assert (
-        main(
-            [
-                "compile",
-                chain,
-                "--target",
-                "host",
-                "-o",
-                str(tmp_path / "o"),
-                "--mode",
-                "materialize",
-            ]
-        )
-        == 0
-    )
-    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["mode"] == "materialize"
+    layer = models.adntn_layer(tmp_path / "l.onnx")
+    out = tmp_path / "o"
+    assert main(["compile", layer, "--target", "host", "-o", str(out), "--mode", "fused"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["layers"]["fc"]["mode"] == "fused"
+    assert "fc: fused (forced by --mode fused)" in capsys.readouterr().out
+    flat = models.torch_style_flatten(tmp_path / "f.onnx")
+    assert main(["compile", flat, "--target", "host", "-o", str(out)]) == 2
+    assert "--batch N or --input-shape x=" in capsys.readouterr().err
+    assert main(["compile", flat, "--target", "host", "-o", str(out), "--batch", "4"]) == 0
     assert main(["serve-device", "--tracker", "10.0.0.2:9190", "--key", "rpi5"]) == 0
     assert "rpc_server --tracker 10.0.0.2:9190 --key rpi5" in capsys.readouterr().out
     port = _closed_port()
@@ -410,3 +446,12 @@ def test_with_num_cores():
     assert get_target("rpi4").with_num_cores(2).target_dict()["num-cores"] == 2
     with pytest.raises(ValueError, match="CPU targets"):
         get_target("mali").with_num_cores(1)
+
+
+def test_manifest_without_layers_still_loads(chain, tmp_path):
+    """Artefacts written before per-layer modes (no ``layers`` key) still load."""
+    tc.compile_onnx(chain, "host", tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    del raw["layers"]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert tc.Manifest.load(tmp_path).layers == {}

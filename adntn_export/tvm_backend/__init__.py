@@ -3,9 +3,10 @@
 Modules (one concept each; all import :mod:`tvm` lazily, inside functions):
 
 * :mod:`.targets` - named device targets (host, rpi4, rpi5, jetson-orin-*, mali, adreno).
-* :mod:`.einsum_rewrite` - rewrite ONNX ``Einsum`` nodes to Transpose/Reshape/MatMul.
+* :mod:`.layer_modes` - each ADNTN layer's mode on TVM (the device policy, or the export's).
+* :mod:`.normalize` - make an exported ONNX file readable by TVM's importer (onnxscript).
 * :mod:`.compile` - ``compile_onnx``: ONNX -> Relax -> ``OUT/model.so`` + ``manifest.json``
-  (modes ``fold`` / ``materialize`` / ``regenerate``).
+  (per-layer modes ``dense`` / ``materialize`` / ``regenerate`` / ``fused``).
 * :mod:`.tune` - ``tune_onnx``: MetaSchedule tuning with a persistent, resumable database.
 * :mod:`.rpc` - local tracker/server helpers and the ``serve-device`` recipe.
 * :mod:`.run` - load an exported OUTDIR, run it and benchmark it (locally or over RPC).

@@ -3,40 +3,26 @@
 Layout of ``OUT`` (every file's sha256 is in the manifest)::
 
     model.so          Relax VM executable + kernels, linked for the target CPU (cross-linked
-                      for ARM). VM function ``main`` takes the data inputs only.
+                      for ARM). VM function ``main`` takes the data inputs (then
+                      ``materialize()``'s results, when the manifest names it).
     manifest.json     target, mode, input/output names, shapes and dtypes, hashes, versions.
     runtime/          TVM runtime libraries for the device (libtvm_runtime.so, libtvm_ffi.so,
                       + libtvm_runtime_cuda.so for Jetson) - copy with model.so to the device.
     kernels/          device kernel sources: model.cu (+ model_sm_87.fatbin if nvcc is
                       present) for CUDA targets, model.cl for OpenCL targets.
 
-Modes:
+Per-layer modes (:mod:`.layer_modes` says which and why; ``manifest.json`` records both):
+``dense`` folds a layer's weight into constants at compile time; ``materialize`` lifts its
+weight build (Relax ``LiftTransformParams``) into a VM function ``materialize()`` (no
+arguments; the cores are its constants) run once at load; ``regenerate`` keeps the cores as
+inputs of ``main`` (``materialize()`` returns them unchanged) so the weight is rebuilt at every
+call; ``fused`` keeps the cores as constants (the input-independent factors fold at compile
+time). ``main(*data_inputs, *materialize())`` runs one inference when ``materialize`` exists.
 
-* ``"fold"`` (default): weights are embedded as constants; weight-only sub-graphs (ADNTN cores
-  -> MatMul/Reshape/Transpose/Tanh -> dense weight) are folded at compile time, so the
-  artefact stores the generated (dense) weights.
-* ``"materialize"``: :class:`tvm.relax.transform.LiftTransformParams` moves weight generation
-  into a VM function ``materialize()`` (no arguments; the compressed cores are its constants)
-  that runs once at load; ``main(*data_inputs, *materialize())`` then runs per inference. The
-  artefact stores only the cores.
-* ``"regenerate"``: nothing is folded or lifted. The ONNX initializers become parameters of
-  ``main`` (so Relax's ``FoldConstant`` cannot fold weight generation) and ``materialize()``
-  only returns them (the cores, as stored); ``main(*data_inputs, *materialize())`` regenerates
-  the weights at every call, as ONNX Runtime does for a regenerate export with constant
-  folding off. The artefact stores only the cores.
-* ``None`` (the default): ``"regenerate"`` for an ADNTN export that asks for constant folding
-  off (``adntn.session_options`` metadata, written for regenerate layers), else ``"fold"``.
-
-What the Relax default pipeline folds (TVM 0.27, ``"fold"``): ``from_onnx`` binds the
-initializers as constants and its ``FoldConstant`` (also in the ``zero`` pipeline) evaluates
-every sub-graph whose inputs are all constants. For ADNTN exports that means: ``dense`` - the
-weight is already dense; ``materialize`` - the in-graph weight build is folded to the dense
-weight; ``fused`` - the ``x``-independent factors (the lower tree levels contracted together,
-e.g. two [256, 64] factors for a TTN 4096x4096 layer) are folded, the ``x``-dependent
-contractions stay; ``regenerate`` - every tile's weight would be folded (which defeats the
-mode: hence the ``"regenerate"`` compile mode, chosen automatically).
-
-ONNX ``Einsum`` nodes are rewritten into MatMul form first (:mod:`.einsum_rewrite`).
+ADNTN layers of an ``auto`` file reach Relax from their plan: the runtime's own lowering
+(:func:`adntn_runtime.onnx_lowering.lower_model`, MatMul/Reshape form, no ``Einsum``) in the
+mode chosen for TVM. Fixed-mode files are compiled as exported (their ``Einsum`` nodes, if
+any, go through TVM's own ``einsum``). Every file is normalised first (:mod:`.normalize`).
 """
 
 from __future__ import annotations
@@ -51,11 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adntn_export.tvm_backend.layer_modes import LayerMode
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
-MODES = ("fold", "materialize", "regenerate")
-#: ONNX metadata key an ADNTN export writes when a layer must not be constant-folded.
-SESSION_OPTIONS_KEY = "adntn.session_options"
 MANIFEST = "manifest.json"
 MATERIALIZE_FN = "materialize"
 
@@ -88,6 +72,8 @@ class Manifest:
     materialize: str | None = None
     tuned: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: ADNTN layer name -> ``{"mode": LoweringMode, "reason": why}``.
+    layers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Serialise to JSON text."""
@@ -113,6 +99,7 @@ class Prepared:
     inputs: list[TensorInfo]
     mode: str
     notes: list[str]
+    layers: dict[str, LayerMode] = field(default_factory=dict)
 
 
 def _sha256(path: Path) -> str:
@@ -129,112 +116,209 @@ def _onnx_dtype(elem_type: int) -> str:
     return str(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
-def prepare_relax(
-    onnx_path: str | os.PathLike[str],
-    *,
-    mode: str | None = None,
-    input_shapes: dict[str, list[int]] | None = None,
-) -> Prepared:
-    """Load ONNX, rewrite Einsum, import into Relax; ``materialize`` lifts weight generation,
-    ``regenerate`` keeps it in ``main`` (``None``: chosen from the model's metadata)."""
+def _read(path: Path) -> Any:
     import onnx
 
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    path = Path(onnx_path)
     if not path.exists():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:  # protobuf raises several types
         raise ValueError(f"{path} is not a readable ONNX model: {exc}") from exc
-    notes: list[str] = []
-    if mode is None:
-        mode = default_mode(model)
-        if mode == "regenerate":
-            notes.append(
-                "mode regenerate chosen: the model asks for constant folding off "
-                f"({SESSION_OPTIONS_KEY})"
-            )
-    from adntn_export.tvm_backend.einsum_rewrite import rewrite_einsum
 
-    model, left = rewrite_einsum(model)
-    notes += [f"Einsum left for TVM (slow lowering): {eq}" for eq in left]
+
+def _data_inputs(
+    model: Any, input_shapes: dict[str, list[int]] | None, batch: int | None
+) -> list[TensorInfo]:
+    """The data inputs with static shapes (``--input-shape`` wins, then ``--batch``)."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"--batch {batch!r} is not a batch size; give an integer >= 1")
     init_names = {i.name for i in model.graph.initializer}
-    input_shapes = dict(input_shapes or {})
+    given = dict(input_shapes or {})
     inputs: list[TensorInfo] = []
     for vi in model.graph.input:
         if vi.name in init_names:
             continue
         tt = vi.type.tensor_type
-        if vi.name in input_shapes:
-            shape = [int(d) for d in input_shapes.pop(vi.name)]
+        if vi.name in given:
+            shape = [int(d) for d in given.pop(vi.name)]
         else:
             shape = []
             for i, d in enumerate(tt.shape.dim):
-                if not d.HasField("dim_value") or d.dim_value <= 0:
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    shape.append(d.dim_value)
+                elif i == 0 and batch is not None:
+                    shape.append(batch)
+                else:
                     raise ValueError(
-                        f"input {vi.name!r} has a dynamic dimension {i} "
-                        f"({d.dim_param or '?'}); pass input_shapes={{{vi.name!r}: [...]}}"
+                        f"input {vi.name!r} has a dynamic dimension {i} ({d.dim_param or '?'}); "
+                        + ("give --batch N or " if i == 0 else "give ")
+                        + f"--input-shape {vi.name}=D0,D1,..."
                     )
-                shape.append(d.dim_value)
         inputs.append(TensorInfo(vi.name, shape, _onnx_dtype(tt.elem_type)))
-    if input_shapes:
+    if given:
         raise ValueError(
-            f"input_shapes names unknown inputs {sorted(input_shapes)}; "
-            f"model inputs: {[t.name for t in inputs]}"
+            f"--input-shape names unknown inputs {sorted(given)}; "
+            f"the model's inputs: {[t.name for t in inputs]}"
         )
+    return inputs
+
+
+def _layer_params(model: Any, layers: dict[str, LayerMode], modes: tuple[str, ...]) -> list[str]:
+    """Float initializers (more than one element) read by the nodes of layers in ``modes``
+    (nodes carry their layer in ``adntn.layer`` node metadata) and by no other node."""
+    inits = {t.name: t for t in model.graph.initializer}
+    owner: dict[str, set[str | None]] = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        for name in node.input:
+            if name in inits:
+                owner.setdefault(name, set()).add(meta.get("adntn.layer"))
+    out = []
+    for name, users in owner.items():
+        t = inits[name]
+        if len(users) != 1 or None in users or t.data_type != 1 or _numel(t) <= 1:
+            continue
+        (layer,) = users
+        if layer in layers and layers[layer].mode in modes:
+            out.append(name)
+    return out
+
+
+def _numel(t: Any) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def _uniform_mode(layers: dict[str, LayerMode]) -> str:
+    modes = {lm.mode.value for lm in layers.values()}
+    if not modes:
+        return "dense"  # no ADNTN layer: every weight is a constant
+    return modes.pop() if len(modes) == 1 else "mixed"
+
+
+def prepare_relax(
+    onnx_path: str | os.PathLike[str],
+    *,
+    mode: str | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    batch: int | None = None,
+    memory_budget_mb: float | None = None,
+    latency_target_ms: float | None = None,
+) -> Prepared:
+    """Load an exported ONNX file, choose each ADNTN layer's mode, normalise, import into Relax.
+
+    Args:
+        onnx_path: a file ``adntn export`` wrote (any mode), or any ONNX model.
+        mode: a :class:`~adntn_runtime.modes.LoweringMode` for every ADNTN layer (``--mode``);
+            ``None``: the policy chooses (``auto`` files) or the export's modes (fixed files).
+        input_shapes: static shapes of inputs (``--input-shape``).
+        batch: the batch size for a dynamic first dimension (``--batch``).
+        memory_budget_mb, latency_target_ms: the policy's limits (``auto`` files).
+    """
+    from adntn_export.tvm_backend.layer_modes import file_layer_modes, placeholder_layer_modes
+    from adntn_export.tvm_backend.normalize import normalize
+    from adntn_runtime import onnx_lowering as lowering
+
+    path = Path(onnx_path)
+    model = _read(path)
+    inputs = _data_inputs(model, input_shapes, batch)
+    notes: list[str] = []
+    run_batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    if lowering.placeholder_layers(model):
+        layers = placeholder_layer_modes(
+            model,
+            mode=mode,
+            batch=run_batch,
+            memory_budget_mb=memory_budget_mb,
+            latency_target_ms=latency_target_ms,
+        )
+        model = lowering.lower_model(
+            model,
+            {n: lm.mode.value for n, lm in layers.items()},
+            einsum=False,
+            batch_hint=run_batch,
+        )
+    else:
+        if memory_budget_mb is not None or latency_target_ms is not None:
+            notes.append(
+                "--memory-budget-mb/--latency-target-ms ignored: the file's modes were fixed "
+                "at export (export with --mode auto to let the policy choose)"
+            )
+        layers = file_layer_modes(model, mode=mode)
+        if mode is not None and not layers:
+            notes.append(f"--mode {mode} ignored: the model has no ADNTN layer")
+        if any(n.op_type == "Einsum" for n in model.graph.node):
+            notes.append(
+                "Einsum nodes compiled with TVM's einsum (export with --mode auto or "
+                "--no-einsum for the MatMul form)"
+            )
+    regen = _layer_params(model, layers, ("regenerate",))
+    mat = _layer_params(model, layers, ("materialize",))
+    norm = normalize(model, {t.name: t.shape for t in inputs}, [*regen, *mat])
 
     from tvm import relax
+
+    mod = _import(norm.model, path, relax)
+    n_regen = len(regen)
+    mod = _split_weights(mod, relax, len(inputs), norm.params[:n_regen], norm.params[n_regen:])
+    return Prepared(mod, inputs, _uniform_mode(layers), notes, layers)
+
+
+def _import(model: Any, path: Path, relax: Any) -> Any:
+    """``from_onnx``; on failure a ``ValueError`` naming the file, with the importer's
+    BlockBuilder closed first (else TVM warns "BlockBuilder destroyed with remaining blocks!"
+    when the traceback is dropped)."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    shape_dict = {t.name: t.shape for t in inputs}
-    dtype_dict = {t.name: t.dtype for t in inputs}
-    if mode == "fold":
-        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
-    else:
-        mod = from_onnx(
-            model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True
-        )
-        if mode == "materialize":
-            mod = _lift_weight_generation(mod, relax)
-        else:
-            mod = _params_function(mod, relax)
-    return Prepared(mod=mod, inputs=inputs, mode=mode, notes=notes)
-
-
-def default_mode(model: Any) -> str:
-    """``"regenerate"`` if the ONNX model asks for constant folding off, else ``"fold"``."""
-    meta = {p.key: p.value for p in model.metadata_props}
     try:
-        wanted = json.loads(meta.get(SESSION_OPTIONS_KEY, "{}"))
-    except json.JSONDecodeError:
-        wanted = {}
-    disabled = wanted.get("disabled_optimizers", []) if isinstance(wanted, dict) else []
-    return "regenerate" if "ConstantFolding" in disabled else "fold"
+        return from_onnx(model)
+    except Exception as exc:  # the importer raises many types (TVMError, KeyError, ...)
+        _close_builders(exc.__traceback__, relax)
+        raise ValueError(f"TVM's ONNX importer cannot read {path}: {exc}") from None
 
 
-def _params_function(mod: Any, relax: Any) -> Any:
-    """Detach ``main``'s parameters; ``materialize()`` returns them unchanged (regenerate)."""
-    mod, params = relax.frontend.detach_params(mod)
+def _close_builders(tb: Any, relax: Any) -> None:
+    """End the blocks a failed import left open on its ``BlockBuilder`` (``self.bb``)."""
+    while tb is not None:
+        builder = getattr(tb.tb_frame.f_locals.get("self"), "bb", None)
+        if isinstance(builder, relax.BlockBuilder):
+            while True:
+                try:
+                    builder._end_block()
+                except Exception:  # no block left
+                    break
+        tb = tb.tb_next
+
+
+def _split_weights(mod: Any, relax: Any, n_data: int, regen: list[Any], mat: list[Any]) -> Any:
+    """``main(*data, *regen, *mat)`` -> ``main(*data, *materialize())``.
+
+    ``materialize()`` returns the regenerate cores unchanged and the weights built from the
+    materialize cores (``LiftTransformParams`` moves their build out of ``main``).
+    """
+    if not regen and not mat:
+        return mod
+    mod["main"] = mod["main"].with_attr("num_input", n_data + (len(regen) if mat else 0))
+    if mat:
+        mod = relax.transform.LiftTransformParams()(mod)
+        transform = mod.get_global_var("main_transform_params")
+        count = len(mod[transform].ret_ty.fields)  # the weights ``main`` now takes
     bb = relax.BlockBuilder(mod)
     with bb.function(MATERIALIZE_FN, [], attrs={"num_input": 0}):
-        out = bb.emit(relax.Tuple([relax.const(p) for p in params.get("main", [])]))
+        fields = [relax.const(p) for p in regen]
+        if mat:
+            built = bb.emit(relax.Call(transform, [relax.Tuple([relax.const(p) for p in mat])]))
+            fields += [bb.emit(relax.TupleGetItem(built, i)) for i in range(count)]
+        out = bb.emit(relax.Tuple(fields))
         bb.emit_func_output(out)
     return bb.finalize()
 
 
-def _lift_weight_generation(mod: Any, relax: Any) -> Any:
-    """Split ``main`` into ``materialize()`` (weights from embedded cores) and ``main``."""
-    mod, params = relax.frontend.detach_params(mod)
-    mod = relax.transform.LiftTransformParams()(mod)
-    transform = mod.get_global_var("main_transform_params")
-    consts = relax.Tuple([relax.const(p) for p in params.get("main", [])])
-    bb = relax.BlockBuilder(mod)
-    with bb.function(MATERIALIZE_FN, [], attrs={"num_input": 0}):
-        out = bb.emit(relax.Call(transform, [consts]))
-        bb.emit_func_output(out)
-    return bb.finalize()
+def _function_names(mod: Any) -> set[str]:
+    return {gv.name_hint for gv in mod.get_global_vars()}
 
 
 def build(prepared: Prepared, spec: TargetSpec, *, pipeline: Any = None) -> Any:
@@ -320,6 +404,18 @@ def _copy_runtime(spec: TargetSpec, out: Path, notes: list[str]) -> None:
         )
 
 
+def _copy_runner(spec: TargetSpec, out: Path) -> None:
+    from adntn_export.tvm_backend.runner_build import build_runner
+
+    if spec.kind != "cpu":
+        raise ValueError(
+            f"--with-runner: the C++ tvm_runner runs CPU targets only, not {spec.name} "
+            f"({spec.kind}); leave --with-runner out"
+        )
+    (out / "runtime").mkdir(exist_ok=True)
+    shutil.copy2(build_runner(spec.arch), out / "runtime" / "tvm_runner")
+
+
 def _output_infos(executable_mod: Any) -> list[TensorInfo]:
     ret = executable_mod["main"].ret_ty  # struct info of main's result (TVM 0.27 naming)
     leaves = list(ret.fields) if hasattr(ret, "fields") else [ret]
@@ -337,8 +433,10 @@ def export(
     out_dir: str | os.PathLike[str],
     *,
     tuned: dict[str, Any] | None = None,
+    runner: bool = False,
 ) -> Manifest:
-    """Write ``model.so``, ``runtime/``, ``kernels/`` and ``manifest.json`` into ``out_dir``."""
+    """Write ``model.so``, ``runtime/``, ``kernels/`` and ``manifest.json`` into ``out_dir``;
+    ``runner``: also the C++ ``tvm_runner`` for the device, in ``runtime/`` (CPU targets)."""
     from adntn_export.tvm_backend.device_runtime import versions
 
     out = Path(out_dir)
@@ -354,6 +452,8 @@ def export(
         executable.export_library(str(so), fcompile=fcompile)
     _save_kernels(executable, spec, out, notes)
     _copy_runtime(spec, out, notes)
+    if runner:
+        _copy_runner(spec, out)
     files = {
         str(p.relative_to(out)): _sha256(p)
         for p in sorted(out.rglob("*"))
@@ -372,9 +472,10 @@ def export(
         tvm_version=tvm_v,
         tvm_ffi_version=ffi_v,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        materialize=MATERIALIZE_FN if prepared.mode in ("materialize", "regenerate") else None,
+        materialize=MATERIALIZE_FN if MATERIALIZE_FN in _function_names(prepared.mod) else None,
         tuned=tuned,
         notes=notes,
+        layers={name: lm.to_dict() for name, lm in prepared.layers.items()},
     )
     (out / MANIFEST).write_text(manifest.to_json())
     return manifest
@@ -387,10 +488,25 @@ def compile_onnx(
     *,
     mode: str | None = None,
     input_shapes: dict[str, list[int]] | None = None,
+    batch: int | None = None,
+    memory_budget_mb: float | None = None,
+    latency_target_ms: float | None = None,
+    runner: bool = False,
 ) -> Manifest:
-    """Compile an ONNX model for a named target into ``out_dir``; returns the manifest."""
+    """Compile an ONNX model for a named target into ``out_dir``; returns the manifest.
+
+    ``mode``, ``input_shapes``, ``batch``, ``memory_budget_mb``, ``latency_target_ms``: see
+    :func:`prepare_relax`; ``runner``: see :func:`export`.
+    """
     spec = get_target(target)
     spec.require_cross_compiler()  # fail before the (slow) import and build
-    prepared = prepare_relax(onnx_path, mode=mode, input_shapes=input_shapes)
+    prepared = prepare_relax(
+        onnx_path,
+        mode=mode,
+        input_shapes=input_shapes,
+        batch=batch,
+        memory_budget_mb=memory_budget_mb,
+        latency_target_ms=latency_target_ms,
+    )
     executable = build(prepared, spec)
-    return export(executable, prepared, spec, out_dir)
+    return export(executable, prepared, spec, out_dir, runner=runner)

@@ -36,7 +36,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from adntn_export.tvm_backend.compile import Manifest, Prepared, export, prepare_relax
+from adntn_export.tvm_backend.compile import Manifest, export, prepare_relax
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -267,7 +267,7 @@ def tune_onnx(
     if remaining:  # the device and tracker first: they need no cross-compiler to check
         runner, builder = _runner_and_builder(spec, rpc_tracker, rpc_key)
     spec.require_cross_compiler()  # before the (slow) import and tuning
-    prepared = prepare_relax(onnx_path, mode="fold", input_shapes=input_shapes)
+    prepared = prepare_relax(onnx_path, input_shapes=input_shapes)
     tvm_target = spec.tvm_target()
     say = (lambda msg: print(f"[tune] {msg}", file=sys.stderr)) if progress else (lambda m: None)
     say(
@@ -332,7 +332,7 @@ def tune_onnx(
     }
     return export(
         executable,
-        Prepared(prepared.mod, prepared.inputs, "fold", prepared.notes),
+        prepared,
         spec,
         out_dir,
         tuned=tuned,

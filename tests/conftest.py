@@ -1,0 +1,129 @@
+"""The shared test corpus: networks, seeded random plans/cores, and the zoo models with their
+ADNTN layers, exported in every mode and compiled with TVM once per session.
+
+* :data:`NETWORKS`, :data:`EXPORT_MODES`, :data:`LOWERING_MODES`: the vocabularies to cross.
+* :func:`random_plan`, :func:`random_cores`: seeded plans and cores (numpy, torch-free).
+* :data:`SMALL_ZOO` (default tests), :data:`MEDIUM_ZOO` and :data:`CANONICAL_ZOO` (slow
+  tests): zoo model names. :func:`zoo_case` builds one (every ``nn.Linear`` compressed with
+  ``network``, bond dimension 4, seeded, unfitted) with its input and torch logits.
+* Session fixtures ``zoo_export(name, mode, einsum=True)`` -> ONNX path and
+  ``tvm_compiled(name, mode, target, einsum=True, compile_mode=None)`` -> OUTDIR: each file
+  is written once per session (``tmp_path_factory``) whichever test asks first.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adntn_runtime.modes import ExportMode, LoweringMode
+from adntn_runtime.plan import ADNTNPlan
+
+NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
+EXPORT_MODES: tuple[str, ...] = tuple(m.value for m in ExportMode)
+LOWERING_MODES: tuple[str, ...] = tuple(m.value for m in LoweringMode)
+SMALL_ZOO: tuple[str, ...] = ("mlp", "small_cnn")
+MEDIUM_ZOO: tuple[str, ...] = ("alexnet32", "vgg16_32")
+CANONICAL_ZOO: tuple[str, ...] = ("alexnet", "vgg16")
+ZOO_INPUTS: dict[str, tuple[int, ...]] = {
+    "mlp": (1, 1, 28, 28),
+    "small_cnn": (1, 1, 28, 28),
+    "alexnet32": (1, 3, 32, 32),
+    "vgg16_32": (1, 3, 32, 32),
+    "alexnet": (1, 3, 224, 224),
+    "vgg16": (1, 3, 224, 224),
+}
+
+
+def random_plan(
+    seed: int = 0, *, network: str | None = None, out_features: int = 24, in_features: int = 32
+) -> ADNTNPlan:
+    """A seeded plan: ``network`` (default: drawn from :data:`NETWORKS`), bond dims in 2..4."""
+    rng = np.random.default_rng(seed)
+    net = network or NETWORKS[int(rng.integers(len(NETWORKS)))]
+    probe = ADNTNPlan(out_features, in_features, network=net)
+    bonds = [int(b) for b in rng.integers(2, 5, size=len(probe.bond_dims))]
+    return ADNTNPlan(out_features, in_features, network=net, bond_dim=bonds)
+
+
+def random_cores(plan: ADNTNPlan, seed: int = 0, scale: float = 0.7) -> dict[str, np.ndarray]:
+    """Seeded float64 cores of ``plan`` (standard normal times ``scale``)."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(c.shape) * scale for k, c in plan.cores.items()}
+
+
+@dataclass
+class ZooCase:
+    """A zoo model with its ADNTN layers, one seeded input and its torch logits."""
+
+    name: str
+    model: Any  # torch.nn.Module, eval mode
+    x: np.ndarray
+    logits: np.ndarray
+
+
+@functools.cache
+def zoo_case(name: str, network: str = "ttn") -> ZooCase:
+    """Zoo model ``name`` with every ``nn.Linear`` compressed (``network``, bond dim 4)."""
+    import torch
+
+    from adntn_export.compress import compress
+    from adntn_models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(name)
+    compress(model, network=network, bond_dim=4, fit=False)
+    model.eval()
+    x = np.random.default_rng(1).standard_normal(ZOO_INPUTS[name]).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    return ZooCase(name, model, x, logits)
+
+
+@pytest.fixture(scope="session")
+def zoo_export(tmp_path_factory) -> Callable[..., Path]:
+    """``(name, mode, einsum=True) -> Path``: the zoo model exported (static batch 1)."""
+    root = tmp_path_factory.mktemp("zoo")
+
+    @functools.cache
+    def get(name: str, mode: str, einsum: bool = True) -> Path:
+        import torch
+
+        from adntn_export.onnx_export import export_onnx
+
+        case = zoo_case(name)
+        path = root / f"{name}-{mode}-{'einsum' if einsum else 'matmul'}.onnx"
+        return export_onnx(
+            case.model,
+            torch.from_numpy(case.x),
+            path,
+            mode=mode,
+            dynamic_batch=False,
+            einsum=einsum,
+        )
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tvm_compiled(tmp_path_factory, zoo_export) -> Callable[..., Path]:
+    """``(name, mode, target, einsum=True, compile_mode=None) -> OUTDIR`` (compiled once)."""
+    root = tmp_path_factory.mktemp("tvm")
+
+    @functools.cache
+    def get(
+        name: str, mode: str, target: str, einsum: bool = True, compile_mode: str | None = None
+    ) -> Path:
+        from adntn_export.tvm_backend.compile import compile_onnx
+
+        out = root / f"{name}-{mode}-{int(einsum)}-{target}-{compile_mode}"
+        compile_onnx(zoo_export(name, mode, einsum), target, out, mode=compile_mode)
+        return out
+
+    return get

@@ -1,0 +1,212 @@
+"""Whole zoo models, end to end: torch vs ONNX Runtime vs ``onnx.reference`` vs
+``adntn_runtime.load`` vs TVM (host, and rpi4/rpi5 under qemu with the C++ runner); CUDA
+source (+ sm_87 fatbin with nvcc) for Jetson; OpenCL kernels for Mali/Adreno.
+
+Logits agree with torch within 1e-4 (relative to the largest logit) with the same argmax.
+The default set is the small models (``mlp``, ``small_cnn``); ``alexnet32``/``vgg16_32``
+and the canonical 224x224 models are ``slow``. Exports and compiles are shared per session
+(``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CANONICAL_ZOO, EXPORT_MODES, MEDIUM_ZOO, zoo_case
+
+pytest.importorskip("tvm")
+ort = pytest.importorskip("onnxruntime")
+
+from adntn_export.tvm_backend import run as tr  # noqa: E402
+
+RTOL = 1e-4
+
+
+def _close(got: np.ndarray, ref: np.ndarray, what: str) -> None:
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert err <= RTOL, f"{what}: max error {err:.3g} relative to the largest logit"
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1)), f"{what}: argmax differs"
+
+
+def _ort(path, x: np.ndarray) -> np.ndarray:
+    from adntn_runtime.onnx_lowering import session_options_for
+
+    sess = ort.InferenceSession(str(path), session_options_for(str(path)))
+    return sess.run(None, {"input": x})[0]
+
+
+# fast: small_cnn in every export mode but regenerate (64 row tiles: ~25 s, slow), mlp auto
+# and matmul-form fused
+FAST = [("small_cnn", m, True) for m in EXPORT_MODES if m != "regenerate"] + [
+    ("mlp", "auto", True),
+    ("mlp", "fused", False),
+]
+SLOW = [
+    (name, mode, einsum)
+    for name in ("mlp", "small_cnn")
+    for mode in EXPORT_MODES
+    for einsum in (True, False)
+    if (name, mode, einsum) not in FAST and not (mode == "auto" and not einsum)
+]
+
+
+def _matrix():
+    for case in FAST:
+        yield pytest.param(*case, id="-".join(map(str, case)))
+    for case in SLOW:
+        yield pytest.param(*case, id="-".join(map(str, case)), marks=pytest.mark.slow)
+    for name in MEDIUM_ZOO:
+        for mode in EXPORT_MODES:
+            yield pytest.param(name, mode, True, id=f"{name}-{mode}", marks=pytest.mark.slow)
+    for name in CANONICAL_ZOO:
+        for mode in ("dense", "fused", "auto"):
+            yield pytest.param(name, mode, True, id=f"{name}-{mode}", marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("name", "mode", "einsum"), list(_matrix()))
+def test_whole_model_matches_torch_everywhere(zoo_export, tvm_compiled, name, mode, einsum):
+    case = zoo_case(name)
+    path = zoo_export(name, mode, einsum)
+    if mode != "auto":  # ONNX Runtime cannot run ai.adntn placeholders
+        _close(_ort(path, case.x), case.logits, "onnxruntime")
+        if name in ("mlp", "small_cnn"):
+            import onnx
+            from onnx.reference import ReferenceEvaluator
+
+            ref = ReferenceEvaluator(onnx.load(str(path))).run(None, {"input": case.x})[0]
+            _close(ref, case.logits, "onnx.reference")
+    import adntn_runtime
+
+    sess = adntn_runtime.load(path, calibrate=False)
+    _close(sess.run({"input": case.x})[0], case.logits, "adntn_runtime")
+    out = tvm_compiled(name, mode, "host", einsum)
+    manifest = tr.Manifest.load(out)
+    if mode == "dense":
+        assert manifest.layers == {} or all(v["mode"] == "dense" for v in manifest.layers.values())
+    else:
+        assert manifest.layers, "ADNTN layers missing from manifest.json"
+        for layer in manifest.layers.values():
+            assert layer["reason"]
+            assert mode == "auto" or layer["mode"] == mode
+    _close(tr.load(out).run({"input": case.x})[0], case.logits, "tvm host")
+
+
+@pytest.mark.parametrize(
+    "compile_mode",
+    ["dense", "materialize", pytest.param("regenerate", marks=pytest.mark.slow), "fused"],
+)
+def test_auto_file_every_tvm_mode(tvm_compiled, compile_mode):
+    """--mode forces each LoweringMode on an auto file; the artefact agrees with torch."""
+    case = zoo_case("small_cnn")
+    out = tvm_compiled("small_cnn", "auto", "host", True, compile_mode)
+    manifest = tr.Manifest.load(out)
+    assert {v["mode"] for v in manifest.layers.values()} == {compile_mode}
+    assert manifest.mode == compile_mode
+    assert (manifest.materialize is not None) == (compile_mode in ("materialize", "regenerate"))
+    _close(tr.load(out).run({"input": case.x})[0], case.logits, f"tvm {compile_mode}")
+
+
+def _need_aarch64() -> None:
+    from adntn_export.tvm_backend.device_runtime import find_runtime
+
+    for tool, pkg in (
+        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+        ("qemu-aarch64-static", "qemu-user-static"),
+    ):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian package {pkg})")
+    if find_runtime("aarch64") is None:
+        pytest.skip("aarch64 TVM runtime not cached (device_runtime.ensure_runtime('aarch64'))")
+
+
+@pytest.mark.parametrize(
+    ("target", "mode"),
+    [
+        ("rpi4", "auto"),
+        ("rpi5", "fused"),
+        pytest.param("rpi4", "regenerate", marks=pytest.mark.slow),
+    ],
+)
+def test_whole_model_under_qemu(tvm_compiled, target, mode):
+    _need_aarch64()
+    case = zoo_case("small_cnn")
+    out = tvm_compiled("small_cnn", mode, target, mode != "fused")
+    outs, _ = tr.run_with_runner(out, [case.x])
+    _close(outs[0].reshape(case.logits.shape), case.logits, f"tvm {target} (qemu)")
+
+
+@pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-orin-agx"])
+def test_whole_model_cuda(tvm_compiled, target):
+    out = tvm_compiled("small_cnn", "auto", target)
+    manifest = tr.Manifest.load(out)
+    src = (out / "kernels" / "model.cu").read_text()
+    assert src.count("__global__") >= 4  # conv, pool, matmul, ... kernels of the whole model
+    assert "kernels/model.cu" in manifest.files
+    fatbins = sorted(p.name for p in (out / "kernels").glob("*.fatbin"))
+    if shutil.which("nvcc") is None:
+        assert fatbins == [] and any("nvcc" in n for n in manifest.notes)
+        pytest.skip("nvcc not installed: CUDA source checked, no sm_87 fatbin built")
+    assert fatbins == ["model_sm_87.fatbin"]
+
+
+@pytest.mark.parametrize("target", [pytest.param("mali", marks=pytest.mark.slow), "adreno"])
+def test_whole_model_opencl_on_pocl(zoo_export, tvm_compiled, target):
+    """The whole small model's OpenCL kernels (convolutions, pooling, the ADNTN layers'
+    matmuls), as shipped in ``kernels/model.cl``, run in order on PoCL with TVM's own launch
+    extents (``_opencl_exec``): logits match torch (numpy arrays end to end)."""
+    cl = pytest.importorskip("pyopencl")
+    try:
+        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    except cl.Error:
+        devices = []
+    if not devices:
+        pytest.skip("no OpenCL platform/device (install pocl-opencl-icd)")
+    import sys
+
+    from tvm import relax
+
+    from adntn_export.tvm_backend.compile import prepare_relax
+    from adntn_export.tvm_backend.targets import get_target
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _opencl_exec
+
+    case = zoo_case("small_cnn")
+    out = tvm_compiled("small_cnn", "auto", target, True, "fused")
+    src = (out / "kernels" / "model.cl").read_text()
+    spec = get_target(target).tvm_target()
+    prepared = prepare_relax(zoo_export("small_cnn", "auto"), mode="fused")
+    with spec:
+        lowered = relax.get_default_pipeline(spec)(prepared.mod)  # what tvm.compile runs
+    logits, launched = _opencl_exec.run_main(lowered, spec, src, [case.x], cl)
+    assert any(k.startswith("matmul") for k in launched), launched
+    assert any("conv2d" in k for k in launched), launched
+    assert set(launched) == set(re.findall(r"__kernel void (\w+)\(", src))  # every kernel ran
+    _close(logits, case.logits, f"tvm {target} on PoCL")
+
+
+def test_failed_import_leaves_no_block_builder_warning(tmp_path, capfd):
+    """A file TVM's importer rejects fails with a ValueError naming it, and TVM does not print
+    "BlockBuilder destroyed with remaining blocks!" (the importer's builder is closed)."""
+    import gc
+    import sys
+
+    import onnx
+    from tvm import relax
+
+    from adntn_export.tvm_backend.compile import _import
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _tvm_models
+
+    # not normalised: torch's Constant(value_ints), which TVM's importer rejects mid-import
+    path = _tvm_models.torch_style_flatten(tmp_path / "raw.onnx", batch=2)
+    with pytest.raises(ValueError, match="TVM's ONNX importer cannot read .*raw.onnx"):
+        _import(onnx.load(path), Path(path), relax)
+    gc.collect()
+    captured = capfd.readouterr()
+    assert "BlockBuilder destroyed" not in captured.err + captured.out
