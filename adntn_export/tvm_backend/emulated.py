@@ -21,10 +21,14 @@ which registers at a host tracker exactly like a Raspberry Pi would; ``load_rpc`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +112,79 @@ def find_arm64_python() -> tuple[Arm64Python | None, str]:
     return py, ""
 
 
+def ensure_arm64_python(progress: Callable[[str], None] | None = None) -> Arm64Python:
+    """The emulated aarch64 Python, built on first use with :data:`BUILD_SCRIPT` (cached).
+
+    ``progress`` gets the build's output line by line (about a minute and ~400 MB of
+    Debian and PyPI downloads, once). Raises ``RuntimeError`` with the reason and the end of
+    the build log when it cannot be built.
+    """
+    py, reason = find_arm64_python()
+    if py is not None:
+        return py
+    if shutil.which(QEMU) is None:
+        raise RuntimeError(reason)
+    say = progress or (lambda line: None)
+    say(f"building the emulated aarch64 Python under {arm64_python_dir()} (once, ~1 min)")
+    env = {**os.environ, "ADNTN_CACHE_DIR": str(cache_dir()), "PYTHON": sys.executable}
+    tail: list[str] = []
+    with subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT), str(cache_dir())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-20:]
+            say(line.rstrip())
+    py, reason = find_arm64_python()
+    if proc.returncode != 0 or py is None:
+        raise RuntimeError(
+            f"building the emulated aarch64 Python failed (exit {proc.returncode}; {reason}):\n"
+            + "\n".join(tail)
+        )
+    return py
+
+
+def _process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """Stop ``proc`` and every process in its group (it must lead its own session).
+
+    TVM's server runs each session in a ``PopenWorker`` child: terminating only the server
+    would leave that child (a qemu process) running, re-parented to init.
+    """
+    pgid = proc.pid
+    if _process_group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.time() + grace
+        while _process_group_alive(pgid) and time.time() < deadline:
+            if proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.2)
+            else:
+                time.sleep(0.1)
+        if _process_group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
 class EmulatedServer:
-    """A ``tvm.exec.rpc_server`` process under qemu-aarch64 (``terminate()`` to stop it)."""
+    """A ``tvm.exec.rpc_server`` process group under qemu-aarch64 (``terminate()`` stops all)."""
 
     def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
         self.proc = proc
@@ -117,14 +192,8 @@ class EmulatedServer:
         self.log = log
 
     def terminate(self) -> None:
-        """Stop the server process (only the process this object started)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop the server and its session workers (the process group this object started)."""
+        stop_process_group(self.proc)
 
 
 def start_emulated_server(
@@ -135,49 +204,53 @@ def start_emulated_server(
     port_end: int = 9499,
     wait: float = 300.0,
     log: str | os.PathLike[str] | None = None,
+    tracker_host: str = "127.0.0.1",
 ) -> EmulatedServer:
-    """Start the emulated aarch64 RPC server registered under ``key`` at 127.0.0.1:tracker_port.
+    """Start the emulated aarch64 RPC server registered under ``key`` at the tracker.
 
     Waits (up to ``wait`` s: ``import tvm`` under emulation takes a while) until the tracker
-    lists ``key``. Raises ``RuntimeError`` with the reason (and the server's log) otherwise.
+    lists one more server under ``key``. The server leads its own process group (see
+    :func:`stop_process_group`). Raises ``RuntimeError`` with the reason (and the server's log)
+    otherwise.
     """
-    from adntn_export.tvm_backend.rpc import check_tracker
+    from adntn_export.tvm_backend.rpc import servers_under, tracker_summary
 
     py, reason = find_arm64_python()
     if py is None:
         raise RuntimeError(reason)
-    log_path = Path(log) if log else arm64_python_dir() / "rpc_server.log"
+    tracker = f"{tracker_host}:{tracker_port}"
+    before = servers_under(tracker_summary(tracker), key)
+    log_path = Path(log) if log else arm64_python_dir() / f"rpc_server-{os.getpid()}-{port}.log"
     args = py.server_command(
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--port-end",
-        str(port_end),
-        "--tracker",
-        f"127.0.0.1:{tracker_port}",
-        "--key",
-        key,
-    )
+        "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port_end),
+        "--tracker", tracker, "--key", key,
+    )  # fmt: skip
     with log_path.open("w") as fh:
         proc = subprocess.Popen(
-            args, env=py.env(), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            env=py.env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = EmulatedServer(proc, port, log_path)
     deadline = time.time() + wait
     while True:
         if proc.poll() is not None:
+            server.terminate()
             raise RuntimeError(
                 f"emulated rpc_server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
             )
         try:
-            check_tracker(f"127.0.0.1:{tracker_port}", key, timeout=2.0)
-            return server
+            if servers_under(tracker_summary(tracker, timeout=5.0), key) > before:
+                return server
         except RuntimeError:
-            if time.time() > deadline:
-                server.terminate()
-                raise RuntimeError(
-                    f"emulated rpc_server did not register within {wait:.0f} s:\n"
-                    f"{log_path.read_text()[-3000:]}"
-                ) from None
-            time.sleep(1.0)
+            pass
+        if time.time() > deadline:
+            server.terminate()
+            raise RuntimeError(
+                f"emulated rpc_server did not register within {wait:.0f} s:\n"
+                f"{log_path.read_text()[-3000:]}"
+            )
+        time.sleep(1.0)
