@@ -39,6 +39,25 @@ BUILD_SCRIPT = (
     Path(__file__).resolve().parents[2] / "runtimes" / "tvm_runner" / ("build_arm64_python.sh")
 )
 QEMU = "qemu-aarch64-static"
+_SITECUSTOMIZE = """\
+# Written by adntn_export.tvm_backend.emulated: this Python runs under qemu-user.
+import json as _json
+import os as _os
+
+if _os.environ.get("ADNTN_EMULATED"):
+    try:
+        import tvm_ffi as _ffi
+
+        _INFO = _json.dumps(
+            {"emulated": True, "board": _os.environ["ADNTN_EMULATED"],
+             "cpu": _os.environ.get("QEMU_CPU"), "emulator": "qemu-user"}
+        )
+        _ffi.register_global_func("adntn.device_info", lambda: _INFO, override=True)
+    except Exception:  # no TVM in this site: nothing to register
+        pass
+"""
+#: Boards ``adntn serve-device --emulate`` knows: the CPU model qemu emulates for each.
+EMULATED_CPUS = {"rpi4": "cortex-a72", "rpi5": "cortex-a76"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,21 @@ class Arm64Python:
             path.chmod(0o755)
         return path
 
+    def hooks(self) -> Path:
+        """A folder with a ``sitecustomize.py`` that makes an emulated server say so.
+
+        Every Python the server starts (its session workers too) registers the TVM global
+        function ``adntn.device_info`` returning ``{"emulated": true, "board": ..., "cpu": ...}``
+        (read by :func:`adntn_runtime.tvm.rpc.device_info`), so figures measured on it are
+        labelled emulated wherever they are reported.
+        """
+        folder = self.root / "hooks"
+        folder.mkdir(exist_ok=True)
+        path = folder / "sitecustomize.py"
+        if not path.exists() or path.read_text() != _SITECUSTOMIZE:
+            path.write_text(_SITECUSTOMIZE)
+        return folder
+
     def server_command(self, *server_args: str) -> list[str]:
         """``python -m tvm.exec.rpc_server *server_args`` with ``sys.executable`` patched."""
         code = (
@@ -78,16 +112,28 @@ class Arm64Python:
         )
         return self.command("-c", code)
 
-    def env(self) -> dict[str, str]:
-        """Environment for that command (runtime-only TVM, the aarch64 site-packages)."""
+    def env(self, cpu: str | None = None, site: Path | str | None = None) -> dict[str, str]:
+        """Environment for that command (runtime-only TVM, the aarch64 site-packages).
+
+        ``cpu`` is the CPU model qemu emulates (``QEMU_CPU``, e.g. ``cortex-a72``); ``site``
+        replaces the TVM site-packages (e.g. :attr:`runtime_site`, the torch-free runtime).
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env.pop("QEMU_CPU", None)
         env.update(
             TVM_USE_RUNTIME_LIB="1",
-            PYTHONPATH=str(self.site),
+            PYTHONPATH=os.pathsep.join([str(self.hooks()), str(site or self.site)]),
             PYTHONNOUSERSITE="1",
             PYTHONDONTWRITEBYTECODE="1",
         )
+        if cpu:
+            env["QEMU_CPU"] = cpu
         return env
+
+    @property
+    def runtime_site(self) -> Path:
+        """``pip install ./runtimes`` for aarch64: adntn_runtime + numpy/onnx/onnxruntime."""
+        return self.root / "runtime-site"
 
 
 def arm64_python_dir() -> Path:
@@ -196,6 +242,68 @@ class EmulatedServer:
         stop_process_group(self.proc)
 
 
+def spawn_emulated_server(
+    tracker: str,
+    key: str,
+    *,
+    port: int = 9400,
+    port_end: int = 9499,
+    log: str | os.PathLike[str] | None = None,
+    cpu: str | None = None,
+) -> EmulatedServer:
+    """Start the emulated server process (its own process group) without waiting for it."""
+    py, reason = find_arm64_python()
+    if py is None:
+        raise RuntimeError(reason)
+    log_path = Path(log) if log else arm64_python_dir() / f"rpc_server-{os.getpid()}-{port}.log"
+    args = py.server_command(
+        "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port_end),
+        "--tracker", tracker, "--key", key,
+    )  # fmt: skip
+    with log_path.open("w") as fh:
+        proc = subprocess.Popen(
+            args,
+            env={**py.env(cpu or EMULATED_CPUS.get(key)), "ADNTN_EMULATED": key},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return EmulatedServer(proc, port, log_path)
+
+
+def wait_registered(
+    servers: list[EmulatedServer], tracker: str, want: dict[str, int], wait: float = 300.0
+) -> None:
+    """Wait until the tracker lists ``want[key]`` servers under each key.
+
+    Raises ``RuntimeError`` with a server's log when one exits or ``wait`` s pass (the
+    caller stops the servers).
+    """
+    from adntn_export.tvm_backend.rpc import servers_under, tracker_summary
+
+    deadline = time.time() + wait
+    while True:
+        for server in servers:
+            if server.proc.poll() is not None:
+                raise RuntimeError(
+                    f"emulated rpc_server exited ({server.proc.returncode}):\n"
+                    f"{server.log.read_text()[-3000:]}"
+                )
+        try:
+            summary = tracker_summary(tracker, timeout=5.0)
+            if all(servers_under(summary, k) >= n for k, n in want.items()):
+                return
+        except RuntimeError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(
+                f"emulated rpc_server did not register within {wait:.0f} s:\n"
+                f"{servers[-1].log.read_text()[-3000:]}"
+            )
+        time.sleep(1.0)
+
+
 def start_emulated_server(
     tracker_port: int,
     key: str,
@@ -205,52 +313,105 @@ def start_emulated_server(
     wait: float = 300.0,
     log: str | os.PathLike[str] | None = None,
     tracker_host: str = "127.0.0.1",
+    cpu: str | None = None,
 ) -> EmulatedServer:
     """Start the emulated aarch64 RPC server registered under ``key`` at the tracker.
 
     Waits (up to ``wait`` s: ``import tvm`` under emulation takes a while) until the tracker
-    lists one more server under ``key``. The server leads its own process group (see
-    :func:`stop_process_group`). Raises ``RuntimeError`` with the reason (and the server's log)
-    otherwise.
+    lists one more server under ``key``. ``cpu``: the CPU model qemu emulates (default: the
+    board's in :data:`EMULATED_CPUS` when ``key`` names one, else qemu's default). The server
+    leads its own process group (see :func:`stop_process_group`). Raises ``RuntimeError`` with
+    the reason (and the server's log) otherwise.
     """
     from adntn_export.tvm_backend.rpc import servers_under, tracker_summary
 
-    py, reason = find_arm64_python()
-    if py is None:
-        raise RuntimeError(reason)
     tracker = f"{tracker_host}:{tracker_port}"
     before = servers_under(tracker_summary(tracker), key)
-    log_path = Path(log) if log else arm64_python_dir() / f"rpc_server-{os.getpid()}-{port}.log"
-    args = py.server_command(
-        "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port_end),
-        "--tracker", tracker, "--key", key,
-    )  # fmt: skip
-    with log_path.open("w") as fh:
-        proc = subprocess.Popen(
-            args,
-            env=py.env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    server = EmulatedServer(proc, port, log_path)
+    server = spawn_emulated_server(tracker, key, port=port, port_end=port_end, log=log, cpu=cpu)
+    try:
+        wait_registered([server], tracker, {key: before + 1}, wait)
+    except BaseException:
+        server.terminate()
+        raise
+    return server
+
+
+class EmulatedFarm:
+    """A TVM tracker (started here unless given) and emulated servers under board keys.
+
+    ``EmulatedFarm({"rpi4": 2, "rpi5": 1})`` starts three servers; ``close()`` stops every
+    process it started (servers' process groups, then its tracker).
+    """
+
+    def __init__(
+        self,
+        boards: dict[str, int],
+        *,
+        tracker: str | None = None,
+        tracker_port: int = 9190,
+        log_dir: str | os.PathLike[str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        from adntn_export.tvm_backend import rpc
+
+        say = progress or (lambda line: None)
+        unknown = sorted(set(boards) - set(EMULATED_CPUS))
+        if unknown:
+            raise ValueError(f"unknown boards {unknown}; valid boards: {sorted(EMULATED_CPUS)}")
+        ensure_arm64_python(say)
+        self.servers: list[EmulatedServer] = []
+        self._tracker = None
+        if tracker is None:
+            self._tracker = rpc.start_local_tracker(port=tracker_port, port_end=tracker_port + 100)
+            tracker = f"127.0.0.1:{self._tracker.port}"
+            _wait_reachable(tracker)
+            say(f"tracker on {tracker}")
+        self.tracker = tracker
+        rpc.parse_address(tracker, what="tracker address (--tracker)")
+        logs = Path(log_dir) if log_dir else arm64_python_dir()
+        try:
+            summary = rpc.tracker_summary(tracker)
+            want = {k: rpc.servers_under(summary, k) + n for k, n in boards.items()}
+            for key, count in boards.items():
+                for i in range(count):
+                    log = logs / f"rpc_server-{key}-{i}-{os.getpid()}.log"
+                    self.servers.append(spawn_emulated_server(tracker, key, log=log))
+            say(
+                f"starting {len(self.servers)} emulated server(s) under qemu ("
+                + ", ".join(f"{n} x {k}" for k, n in boards.items())
+                + "); importing TVM under emulation takes about a minute"
+            )
+            wait_registered(self.servers, tracker, want)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop every server (process groups) and the tracker this farm started."""
+        for server in self.servers:
+            server.terminate()
+        self.servers = []
+        if self._tracker is not None:
+            self._tracker.terminate()
+            self._tracker = None
+
+    def __enter__(self) -> EmulatedFarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _wait_reachable(tracker: str, wait: float = 10.0) -> None:
+    from adntn_export.tvm_backend.rpc import check_reachable, parse_address
+
+    host, port = parse_address(tracker)
     deadline = time.time() + wait
     while True:
-        if proc.poll() is not None:
-            server.terminate()
-            raise RuntimeError(
-                f"emulated rpc_server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
-            )
         try:
-            if servers_under(tracker_summary(tracker, timeout=5.0), key) > before:
-                return server
+            check_reachable(host, port, timeout=1.0)
+            return
         except RuntimeError:
-            pass
-        if time.time() > deadline:
-            server.terminate()
-            raise RuntimeError(
-                f"emulated rpc_server did not register within {wait:.0f} s:\n"
-                f"{log_path.read_text()[-3000:]}"
-            )
-        time.sleep(1.0)
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)

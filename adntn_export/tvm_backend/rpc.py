@@ -93,7 +93,7 @@ def start_local_server(tracker_port: int, key: str, port: int = 9300, port_end: 
     )
 
 
-def start_local_rpc(key: str = "adntn-local", *, wait: float = 10.0) -> LocalRPC:
+def start_local_rpc(key: str = "adntn-local", *, wait: float = 90.0) -> LocalRPC:
     """Start a tracker and a host (x86) server registered under ``key``; waits until ready."""
     import time
 

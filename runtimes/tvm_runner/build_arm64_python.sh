@@ -92,8 +92,12 @@ fi
   --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
   --platform manylinux_2_17_aarch64 --python-version 3.11 --implementation cp \
   "${CONSTRAINTS[@]}" numpy onnx "$EMU_ORT" opt_einsum
+# (built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout)
+RT_SRC="$(mktemp -d)"
+cp -r "$REPO/runtimes/pyproject.toml" "$REPO/runtimes/adntn_runtime" "$RT_SRC/"
 "$PY" -m pip install -q --no-compile --no-deps --no-build-isolation --upgrade \
-  --target "$RT_SITE" "$REPO/runtimes"
+  --target "$RT_SITE" "$RT_SRC"
+rm -rf "$RT_SRC"
 
 echo "checking: import tvm under qemu-aarch64"
 TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" \

@@ -151,3 +151,19 @@ def connect(
         ) from None
     finally:
         sess.close()
+
+
+def device_info(session: Any) -> dict[str, Any]:
+    """What a device server says about itself (``adntn.device_info``), ``{}`` if nothing.
+
+    An emulated Pi (``adntn serve-device --emulate``) answers ``{"emulated": true, ...}``; a
+    real board's plain ``tvm.exec.rpc_server`` has no such function.
+    """
+    import json
+
+    try:
+        text = session.get_function("adntn.device_info")()
+        info = json.loads(str(text))
+    except Exception:  # noqa: BLE001 - a missing remote function is the normal case
+        return {}
+    return info if isinstance(info, dict) else {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from adntn_runtime.tvm.manifest import MODEL_FILE, Manifest, verify_files
-from adntn_runtime.tvm.rpc import SESSION_TIMEOUT, connect
+from adntn_runtime.tvm.rpc import SESSION_TIMEOUT, connect, device_info
 
 
 @dataclass
@@ -66,6 +66,8 @@ class LoadedModel:
         self.manifest = manifest
         self.device = device
         self.session = session  # keeps an RPC session alive
+        #: what the device says about itself (``{"emulated": True, ...}`` on an emulated Pi)
+        self.device_info: dict[str, Any] = device_info(session) if session is not None else {}
         self._weights: list[Any] = []
         if manifest.materialize:  # weight generation, once at load
             self._weights = _leaves(self._call(manifest.materialize, []))
