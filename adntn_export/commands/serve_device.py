@@ -49,10 +49,23 @@ def _emulate(args: argparse.Namespace) -> int:
         )
     if args.servers < 1:
         raise ValueError(f"--servers must be >= 1, got {args.servers}")
+    from adntn_export.tvm_backend import rpc
+
+    tracker, port, port_end = args.tracker, 9190, None
+    if tracker is not None:
+        host, port = rpc.parse_address(tracker, what="tracker address (--tracker)")
+        try:
+            rpc.check_reachable(host, port, timeout=2.0)
+        except RuntimeError:
+            if host not in ("127.0.0.1", "localhost"):
+                raise
+            tracker, port_end = None, port + 1  # nothing there: start it, at that very port
     with _stop_on_sigterm():
         farm = EmulatedFarm(
             {args.emulate: args.servers},
-            tracker=args.tracker,
+            tracker=tracker,
+            tracker_port=port,
+            tracker_port_end=port_end,
             progress=lambda line: print(f"[serve-device] {line}", flush=True),
         )
         try:
@@ -116,7 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tracker",
         default=None,
         metavar="HOST:PORT",
-        help=f"tracker address (default {DEFAULT_TRACKER}; with --emulate: start one here)",
+        help=f"tracker address (default {DEFAULT_TRACKER}); with --emulate: register there, "
+        "or start a tracker there when nothing listens on that local port",
     )
     p.add_argument("--key", default=None, help="device key (e.g. rpi4, rpi5, jetson)")
     p.add_argument("--run-tracker", action="store_true", help="run a tracker on 127.0.0.1 here")

@@ -339,6 +339,9 @@ def start_emulated_server(
 class EmulatedFarm:
     """A TVM tracker (started here unless given) and emulated servers under board keys.
 
+    Without ``tracker``, a tracker is started on 127.0.0.1 at the first free port in
+    ``tracker_port .. tracker_port_end`` (default: the next 100).
+
     ``EmulatedFarm({"rpi4": 2, "rpi5": 1})`` starts three servers; ``close()`` stops every
     process it started (servers' process groups, then its tracker).
     """
@@ -349,6 +352,7 @@ class EmulatedFarm:
         *,
         tracker: str | None = None,
         tracker_port: int = 9190,
+        tracker_port_end: int | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -362,7 +366,9 @@ class EmulatedFarm:
         self.servers: list[EmulatedServer] = []
         self._tracker = None
         if tracker is None:
-            self._tracker = rpc.start_local_tracker(port=tracker_port, port_end=tracker_port + 100)
+            self._tracker = rpc.start_local_tracker(
+                port=tracker_port, port_end=tracker_port_end or tracker_port + 100
+            )
             tracker = f"127.0.0.1:{self._tracker.port}"
             _wait_reachable(tracker)
             say(f"tracker on {tracker}")
