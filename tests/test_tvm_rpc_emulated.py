@@ -106,7 +106,7 @@ def farm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def layer_exports(tmp_path_factory):
-    """An ADNTN layer (ADNTNLinear(256, 64) + ReLU) exported in materialize and dense modes."""
+    """An ADNTN layer (ADNTNLinear(256, 64) + ReLU) exported in fused and dense modes."""
     from adntn_export import ADNTNLinear
     from adntn_export.onnx_export import export_onnx
 
@@ -116,7 +116,7 @@ def layer_exports(tmp_path_factory):
     x = torch.randn(BATCH, IN)
     return {
         mode: export_onnx(model, x, tmp / f"layer-{mode}.onnx", mode=mode, dynamic_batch=False)
-        for mode in ("materialize", "dense")
+        for mode in ("fused", "dense")
     }
 
 
@@ -137,31 +137,31 @@ def test_device_journey(farm, layer_exports, tmp_path, board):
     from adntn_export.tvm_backend.tune import tune_onnx
     from adntn_runtime.bench import bench_model, validate_result
 
-    adntn, dense = layer_exports["materialize"], layer_exports["dense"]
+    adntn, dense = layer_exports["fused"], layer_exports["dense"]
     x = np.random.default_rng(5).standard_normal((BATCH, IN)).astype(np.float32)
     ref = _ort(adntn, x)
     # compile -> deploy over the tracker -> run on the (emulated) device
-    manifest = tc.compile_onnx(adntn, board, tmp_path / "adntn", mode="materialize")
+    manifest = tc.compile_onnx(adntn, board, tmp_path / "adntn")
     assert manifest.arch == "aarch64"
     tc.compile_onnx(dense, board, tmp_path / "dense")
-    model = tr.load_rpc(tmp_path / "adntn", tracker=farm.tracker, key=board)
-    assert model.device_info.get("emulated") is True and model.device_info["board"] == board
-    np.testing.assert_allclose(model.run([x])[0], ref, atol=1e-5, rtol=1e-5)
-    del model
+    with tr.load_rpc(tmp_path / "adntn", tracker=farm.tracker, key=board) as model:
+        assert model.device_info.get("emulated") is True and model.device_info["board"] == board
+        np.testing.assert_allclose(model.run([x])[0], ref, atol=1e-5, rtol=1e-5)
     # tune: every trial measured on the device, then resumed from the database
     tuned = tune_onnx(
         adntn, board, tmp_path / "tuned", trials=TRIALS, rpc_tracker=farm.tracker, rpc_key=board
     )
     run = tuned.tuned["this_run"]
-    assert run["total_trials"] == TRIALS and run["valid_trials"] == TRIALS, run
+    # MetaSchedule may overshoot the budget by a few trials (it stops after a whole batch)
+    assert run["total_trials"] >= TRIALS and run["valid_trials"] == run["total_trials"], run
     again = tune_onnx(
         adntn, board, tmp_path / "tuned", trials=TRIALS, rpc_tracker=farm.tracker, rpc_key=board
     )
-    assert again.tuned["records_before"] == TRIALS and again.tuned["this_run"]["total_trials"] == 0
-    assert again.tuned["valid_records"] == TRIALS
-    model = tr.load_rpc(tmp_path / "tuned", tracker=farm.tracker, key=board)
-    np.testing.assert_allclose(model.run([x])[0], ref, atol=1e-5, rtol=1e-5)
-    del model
+    assert again.tuned["records_before"] == tuned.tuned["records_after"] >= TRIALS
+    assert again.tuned["this_run"]["total_trials"] == 0  # resumed: the budget is already met
+    assert again.tuned["valid_records"] == tuned.tuned["records_after"]
+    with tr.load_rpc(tmp_path / "tuned", tracker=farm.tracker, key=board) as model:
+        np.testing.assert_allclose(model.run([x])[0], ref, atol=1e-5, rtol=1e-5)
     # bench over RPC, the dense model beside the ADNTN one; labelled emulated
     data = bench_model(
         tmp_path / "adntn",
@@ -235,7 +235,10 @@ def test_torch_free_runtime_on_aarch64(tmp_path):
     shutil.copy(repo / "runtimes" / "pyproject.toml", src)
     shutil.copytree(repo / "runtimes" / "adntn_runtime", src / "adntn_runtime")
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run(pip + ["--target", str(site), str(src)], check=True, timeout=300)
+    done = subprocess.run(
+        pip + ["--target", str(site), str(src)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     torch.manual_seed(3)
     model = torch.nn.Sequential(
         ADNTNLinear(128, 64, bond_dim=4), torch.nn.ReLU(), ADNTNLinear(64, 16, bond_dim=4)

@@ -16,7 +16,11 @@
 (with ``sys.executable`` pointed at a host wrapper script, see :meth:`Arm64Python.wrapper`)
 
 which registers at a host tracker exactly like a Raspberry Pi would; ``load_rpc`` uploads an
-``rpi4``/``rpi5`` ``model.so`` to it and runs it (timings are emulation timings: meaningless).
+``rpi4``/``rpi5`` ``model.so`` to it and runs it. Timings are emulation timings, not a Pi's:
+every server says so (``adntn.device_info``, see :meth:`Arm64Python.hooks`) and ``adntn bench``
+labels its figures emulated. :class:`EmulatedFarm` (``adntn serve-device --emulate``) runs a
+tracker and several servers; each server leads its own process group, so stopping it stops
+its session workers too (:func:`stop_process_group`).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def stats_callback(stats: TrialStats, say: Callable[[str], None], budget: int) -
             task = stats.tasks[task_id]
             best = f", best {task.best_s * 1e6:.1f} us" if task.best_s is not None else ""
             say(
-                f"{task.name}: {stats.total}/{budget} trials, {stats.valid} valid "
+                f"{task.name}: {stats.total} trials (budget {budget}), {stats.valid} valid "
                 f"(task {task.valid}/{task.total}{best})"
             )
 

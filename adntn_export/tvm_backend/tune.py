@@ -8,7 +8,12 @@ already there and tunes only the remainder, so an interrupted run resumes and no
 Measurement: the host target is measured locally (``LocalRunner``); device targets need a
 tracker (``rpc_tracker="HOST:PORT"``, ``rpc_key``) and are measured on the device
 (``RPCRunner``) from candidates cross-linked here (``LocalBuilder`` with a cross-compiling
-export function). The host target can also be measured over RPC.
+export function). The host target can also be measured over RPC. Trial inputs are made on the
+host and uploaded (:func:`.measure.host_filled_arguments`: a device's runtime-only TVM has no
+``tvm.contrib.random``); with several servers under the key (a farm) the runner measures on
+as many at once. Each run prints valid/total trials and the best latency per task; a run in
+which fewer than half the trials were measured raises, naming the first device error, and no
+tuned module is ever built from a database without a valid measurement.
 
 The tuned module is built with ``relax.get_pipeline("static_shape_tuning", ..., total_trials=0)``
 (which applies the database) and exported exactly like :func:`.compile.compile_onnx`.

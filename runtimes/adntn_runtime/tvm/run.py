@@ -72,6 +72,25 @@ class LoadedModel:
         if manifest.materialize:  # weight generation, once at load
             self._weights = _leaves(self._call(manifest.materialize, []))
 
+    def close(self) -> None:
+        """Release the VM, the weights and (over RPC) the device session now.
+
+        TVM's remote objects reference each other, so dropping the model leaves its session
+        (and the device, for every other client of the tracker) held until Python's cycle
+        collector runs; ``close()`` frees the device at once.
+        """
+        import gc
+
+        self._weights = []
+        self.vm = self.device = self.session = None
+        gc.collect()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, fn: str, args: list[Any]) -> Any:
         # stateful invocation: tuple results come back as Python tuples, also over RPC
         self.vm.set_input(fn, *args)
