@@ -128,10 +128,14 @@ def serve_device_recipe(tracker: str, key: str) -> str:
             "# on the workstation (once):",
             f"python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {tracker.rpartition(':')[2]}",
             "# on the device (Raspberry Pi / Jetson), with the aarch64 TVM wheels installed:",
-            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1",
+            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 tornado psutil "
+            "cloudpickle",
             f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}",
             "# check from the workstation:",
             f"python -m tvm.exec.query_rpc_tracker --host {tracker.rpartition(':')[0]} "
             f"--port {tracker.rpartition(':')[2]}",
+            "# no board yet? an emulated one (qemu-user; timings are emulation):",
+            f"adntn serve-device --emulate {key if key in ('rpi4', 'rpi5') else 'rpi4'} "
+            f"--tracker {tracker}",
         ]
     )
