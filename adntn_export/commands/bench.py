@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rpc-key", metavar="KEY", help="tvm: the device key on the tracker (e.g. rpi4)"
     )
+    p.add_argument(
+        "--dense-model",
+        metavar="OUTDIR",
+        help="tvm: the dense model compiled for the same target, run beside MODEL as 'dense'",
+    )
     p.add_argument("--runs", type=int, default=50, help="timed calls per config (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up calls (default 5)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds (default 1)")
@@ -77,7 +82,11 @@ def _table(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     ratios = {(r["config"], r["batch"]): r for r in data["ratios"]}
-    t = Table(title=f"adntn bench {data['model']} ({data['runtime']}, threads={data['threads']})")
+    where = f", on {data['device']}" if data.get("device") else ""
+    title = f"adntn bench {data['model']} ({data['runtime']}, threads={data['threads']}{where})"
+    if data.get("emulated"):
+        title = f"EMULATED DEVICE (qemu): emulation timings, not device speed\n{title}"
+    t = Table(title=title)
     for col in (
         "config",
         "batch",
@@ -135,7 +144,8 @@ def plot(data: dict[str, Any], out: str | Path) -> Path:
     ax.set_xlabel("peak resident memory (MB)")
     ax.set_ylabel("p50 latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(Path(data["model"]).name)
+    title = Path(data["model"]).name
+    ax.set_title(f"{title} (EMULATED: not device speed)" if data.get("emulated") else title)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -144,7 +154,7 @@ def plot(data: dict[str, Any], out: str | Path) -> Path:
 
 def _handler(args: argparse.Namespace) -> int:
     from adntn_export.commands._common import check_output_file
-    from adntn_runtime.bench import bench_model
+    from adntn_runtime.bench import bench_model, failed_rows
 
     check_output_file("--json", args.json)  # before the benchmark, not after it
     check_output_file("--plot", args.plot)
@@ -161,6 +171,7 @@ def _handler(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
+        dense_model=args.dense_model,
         progress=lambda line: print(f"  {line}", flush=True),
     )
     _table(data)
@@ -169,4 +180,10 @@ def _handler(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(data, args.plot)}")
+    failed = failed_rows(data)
+    if failed:
+        print(f"adntn bench: {len(failed)} of {len(data['results'])} configurations failed:")
+        for line in failed:
+            print(f"  {line}")
+        return 1
     return 0

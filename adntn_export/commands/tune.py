@@ -29,9 +29,12 @@ def _handler(args: argparse.Namespace) -> int:
         op_names=args.op_names.split(",") if args.op_names else None,
     )
     tuned = manifest.tuned or {}
+    run = tuned.get("this_run") or {}
     print(
-        f"tuned {args.model} for {manifest.target}: {tuned.get('records_after')} records in "
-        f"{tuned.get('database')} -> {args.output} (tuning {tuned.get('tuning_seconds')} s)"
+        f"tuned {args.model} for {manifest.target}: this run {run.get('valid_trials', 0)}/"
+        f"{run.get('total_trials', 0)} valid trials; database {tuned.get('valid_records')}/"
+        f"{tuned.get('records_after')} valid records in {tuned.get('database')} -> "
+        f"{args.output} (tuning {tuned.get('tuning_seconds')} s)"
     )
     return 0
 

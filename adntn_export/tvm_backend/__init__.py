@@ -8,12 +8,18 @@ Modules (one concept each; all import :mod:`tvm` lazily, inside functions):
 * :mod:`.compile` - ``compile_onnx``: ONNX -> Relax -> ``OUT/model.so`` + ``manifest.json``
   (per-layer modes ``dense`` / ``materialize`` / ``regenerate`` / ``fused``).
 * :mod:`.tune` - ``tune_onnx``: MetaSchedule tuning with a persistent, resumable database.
+* :mod:`.measure` - how trials are measured on a device (inputs filled on the host) and
+  what they measured (valid/total per task).
 * :mod:`.rpc` - local tracker/server helpers and the ``serve-device`` recipe.
-* :mod:`.run` - load an exported OUTDIR, run it and benchmark it (locally or over RPC).
+* :mod:`.run` - the C++ runner; re-exports the device half.
+
+The device half (loading an OUTDIR, the RPC client, the manifest reading) lives in the
+torch-free runtime, :mod:`adntn_runtime.tvm`; :mod:`.run` and :mod:`.rpc` re-export it.
 * :mod:`.device_runtime` - aarch64 TVM runtime libraries (from the aarch64 wheels, cached).
 * :mod:`.runner_build` - build the C++ ``tvm_runner`` (``runtimes/tvm_runner/runner.cc``).
-* :mod:`.emulated` - an aarch64 ``tvm.exec.rpc_server`` under qemu-user (tests of the RPC
-  deploy path without a board; built by ``runtimes/tvm_runner/build_arm64_python.sh``).
+* :mod:`.emulated` - emulated Raspberry Pis: aarch64 ``tvm.exec.rpc_server`` processes under
+  qemu-user at a TVM tracker (``adntn serve-device --emulate``; built on first use by
+  ``runtimes/tvm_runner/build_arm64_python.sh``).
 """
 
 from __future__ import annotations

@@ -28,67 +28,18 @@ any, go through TVM's own ``einsum``). Every file is normalised first (:mod:`.no
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adntn_export.tvm_backend.layer_modes import LayerMode
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
+from adntn_runtime.tvm.manifest import MANIFEST, Manifest, TensorInfo, sha256_of
 
-MANIFEST = "manifest.json"
 MATERIALIZE_FN = "materialize"
-
-
-@dataclass
-class TensorInfo:
-    """Name, shape and dtype of one model input or output."""
-
-    name: str
-    shape: list[int]
-    dtype: str
-
-
-@dataclass
-class Manifest:
-    """Contents of ``OUT/manifest.json``."""
-
-    target: str
-    target_config: dict[str, Any]
-    kind: str
-    arch: str
-    mode: str
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    files: dict[str, str]
-    tvm_version: str
-    tvm_ffi_version: str
-    created: str
-    entry: str = "main"
-    materialize: str | None = None
-    tuned: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    #: ADNTN layer name -> ``{"mode": LoweringMode, "reason": why}``.
-    layers: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        """Serialise to JSON text."""
-        return json.dumps(asdict(self), indent=2, sort_keys=False)
-
-    @classmethod
-    def load(cls, out_dir: str | os.PathLike[str]) -> Manifest:
-        """Read ``OUT/manifest.json``."""
-        path = Path(out_dir) / MANIFEST
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {out_dir} an `adntn compile` OUTDIR?")
-        raw = json.loads(path.read_text())
-        raw["inputs"] = [TensorInfo(**t) for t in raw["inputs"]]
-        raw["outputs"] = [TensorInfo(**t) for t in raw["outputs"]]
-        return cls(**raw)
 
 
 @dataclass
@@ -100,14 +51,6 @@ class Prepared:
     mode: str
     notes: list[str]
     layers: dict[str, LayerMode] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _onnx_dtype(elem_type: int) -> str:
@@ -455,7 +398,7 @@ def export(
     if runner:
         _copy_runner(spec, out)
     files = {
-        str(p.relative_to(out)): _sha256(p)
+        str(p.relative_to(out)): sha256_of(p)
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }

@@ -1,5 +1,7 @@
-"""TVM RPC helpers: tracker/server address checks, local tracker+server for tests, and the
-``serve-device`` recipe.
+"""TVM RPC helpers: local tracker+server (tests, ``serve-device``) and the device recipe.
+
+The client half (address checks, tracker calls under timeouts, sessions) lives in the
+torch-free runtime, :mod:`adntn_runtime.tvm.rpc`, and is re-exported here.
 
 On a real board (Raspberry Pi, Jetson) with the aarch64 ``apache-tvm`` wheel installed::
 
@@ -12,76 +14,37 @@ e.g. ``rpi4``). ``adntn serve-device`` prints this recipe, or runs a tracker and
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_TRACKER_PORT = 9190
+from adntn_runtime.tvm.rpc import (
+    DEFAULT_TRACKER_PORT,
+    check_reachable,
+    check_tracker,
+    connect,
+    parse_address,
+    servers_under,
+    socket_timeout,
+    tracker_session,
+    tracker_summary,
+)
 
-
-def parse_address(addr: str, *, what: str = "address") -> tuple[str, int]:
-    """``"HOST:PORT"`` -> ``(host, port)``; ``ValueError`` on a malformed value."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad {what} {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
-    return host, int(port)
-
-
-def check_reachable(host: str, port: int, *, timeout: float = 3.0, what: str = "tracker") -> None:
-    """Raise ``RuntimeError`` quickly if nothing accepts TCP connections at ``host:port``.
-
-    TVM's own client retries refused connections for up to a minute; this fails fast.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise RuntimeError(
-            f"RPC {what} at {host}:{port} is unreachable ({exc.strerror or exc}); start it "
-            f"with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}` or "
-            "`adntn serve-device --tracker-only`"
-        ) from None
-
-
-def check_tracker(tracker: str, key: str, *, timeout: float = 3.0) -> dict[str, Any]:
-    """Check that the tracker answers and has a server registered under ``key``.
-
-    Returns the tracker summary. Raises ``RuntimeError`` with the recipe otherwise.
-    """
-    from tvm import rpc
-
-    host, port = parse_address(tracker, what="tracker address")
-    check_reachable(host, port, timeout=timeout)
-    summary = rpc.connect_tracker(host, port).summary()
-    keys = sorted(summary.get("queue_info", {}))
-    if key not in keys:
-        raise RuntimeError(
-            f"no RPC server registered under key {key!r} at tracker {tracker} "
-            f"(keys: {keys or 'none'}); on the device run: "
-            f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}"
-        )
-    return summary
-
-
-def connect(
-    *,
-    tracker: str | None = None,
-    key: str | None = None,
-    server: str | None = None,
-    timeout: float = 10.0,
-) -> Any:
-    """Open an RPC session via a tracker (``tracker`` + ``key``) or directly (``server``)."""
-    from tvm import rpc
-
-    if server is not None:
-        host, port = parse_address(server, what="server address")
-        check_reachable(host, port, what="server")
-        return rpc.connect(host, port, session_timeout=0)
-    if tracker is None or not key:
-        raise ValueError("give either server='HOST:PORT' or tracker='HOST:PORT' and key")
-    check_tracker(tracker, key, timeout=min(timeout, 3.0))
-    host, port = parse_address(tracker)
-    return rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=0, max_retry=2)
+__all__ = [
+    "DEFAULT_TRACKER_PORT",
+    "LocalRPC",
+    "check_reachable",
+    "check_tracker",
+    "connect",
+    "parse_address",
+    "serve_device_recipe",
+    "servers_under",
+    "socket_timeout",
+    "start_local_rpc",
+    "start_local_server",
+    "start_local_tracker",
+    "tracker_session",
+    "tracker_summary",
+]
 
 
 @dataclass
@@ -130,7 +93,7 @@ def start_local_server(tracker_port: int, key: str, port: int = 9300, port_end: 
     )
 
 
-def start_local_rpc(key: str = "adntn-local", *, wait: float = 10.0) -> LocalRPC:
+def start_local_rpc(key: str = "adntn-local", *, wait: float = 90.0) -> LocalRPC:
     """Start a tracker and a host (x86) server registered under ``key``; waits until ready."""
     import time
 
@@ -165,10 +128,14 @@ def serve_device_recipe(tracker: str, key: str) -> str:
             "# on the workstation (once):",
             f"python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {tracker.rpartition(':')[2]}",
             "# on the device (Raspberry Pi / Jetson), with the aarch64 TVM wheels installed:",
-            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1",
+            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 tornado psutil "
+            "cloudpickle",
             f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}",
             "# check from the workstation:",
             f"python -m tvm.exec.query_rpc_tracker --host {tracker.rpartition(':')[0]} "
             f"--port {tracker.rpartition(':')[2]}",
+            "# no board yet? an emulated one (qemu-user; timings are emulation):",
+            f"adntn serve-device --emulate {key if key in ('rpi4', 'rpi5') else 'rpi4'} "
+            f"--tracker {tracker}",
         ]
     )

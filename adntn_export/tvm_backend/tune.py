@@ -8,7 +8,12 @@ already there and tunes only the remainder, so an interrupted run resumes and no
 Measurement: the host target is measured locally (``LocalRunner``); device targets need a
 tracker (``rpc_tracker="HOST:PORT"``, ``rpc_key``) and are measured on the device
 (``RPCRunner``) from candidates cross-linked here (``LocalBuilder`` with a cross-compiling
-export function). The host target can also be measured over RPC.
+export function). The host target can also be measured over RPC. Trial inputs are made on the
+host and uploaded (:func:`.measure.host_filled_arguments`: a device's runtime-only TVM has no
+``tvm.contrib.random``); with several servers under the key (a farm) the runner measures on
+as many at once. Each run prints valid/total trials and the best latency per task; a run in
+which fewer than half the trials were measured raises, naming the first device error, and no
+tuned module is ever built from a database without a valid measurement.
 
 The tuned module is built with ``relax.get_pipeline("static_shape_tuning", ..., total_trials=0)``
 (which applies the database) and exported exactly like :func:`.compile.compile_onnx`.
@@ -36,7 +41,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-from adntn_export.tvm_backend.compile import Manifest, export, prepare_relax
+from adntn_export.tvm_backend.compile import Manifest, Prepared, export, prepare_relax
+from adntn_export.tvm_backend.measure import TrialStats, database_measurements, stats_callback
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -161,42 +167,13 @@ def _open_database(db_dir: Path) -> Any:
         raise RuntimeError(f"tuning database in {db_dir} is corrupt or unreadable: {exc}") from exc
 
 
-def _progress_callback(total: int, say: Any) -> Any:
-    """A MetaSchedule measure callback printing ``measured/total`` after each batch."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class _Progress(ms.measure_callback.PyMeasureCallback):
-        def __init__(self) -> None:
-            self.done = 0
-
-        def apply(
-            self,
-            task_scheduler: Any,
-            task_id: int,
-            measure_candidates: Any,
-            builder_results: Any,
-            runner_results: Any,
-        ) -> None:
-            self.done += len(runner_results)
-            ok = [r for r in runner_results if r.error_msg is None]
-            best = min(
-                (sum(float(t) for t in r.run_secs) / len(r.run_secs) for r in ok if r.run_secs),
-                default=None,
-            )
-            extra = f", best of batch {best * 1e6:.1f} us" if best is not None else ""
-            say(f"task {task_id}: {self.done}/{total} trials measured{extra}")
-
-    return _Progress()
-
-
 def _runner_and_builder(
     spec: TargetSpec, rpc_tracker: str | None, rpc_key: str | None
 ) -> tuple[Any, Any]:
     from tvm.s_tir import meta_schedule as ms
 
-    from adntn_export.tvm_backend.rpc import check_tracker, parse_address
+    from adntn_export.tvm_backend.measure import host_filled_arguments
+    from adntn_export.tvm_backend.rpc import check_tracker, parse_address, servers_under
 
     if rpc_tracker is None:
         if spec.is_cross or spec.kind != "cpu":
@@ -207,25 +184,104 @@ def _runner_and_builder(
         return ms.runner.LocalRunner(), _in_process_builder()
     if not rpc_key:
         raise ValueError("rpc_tracker needs rpc_key (the key the device server registered)")
-    check_tracker(rpc_tracker, rpc_key)  # fails within seconds when unreachable
+    summary = check_tracker(rpc_tracker, rpc_key)  # fails within seconds when unreachable
     host, port = parse_address(rpc_tracker)
+    # Inputs made on the host and uploaded (measure.host_filled_arguments): the device's
+    # runtime-only TVM has no tvm.contrib.random. One worker per server under the key, so a
+    # farm measures candidates in parallel (the tracker hands each session to a free server).
+    servers = max(1, servers_under(summary, rpc_key))
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(
             tracker_host=host, tracker_port=port, tracker_key=rpc_key, session_timeout_sec=120
         ),
-        max_workers=1,
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+        f_alloc_argument=host_filled_arguments,
+        max_workers=servers,
     )
     cc = spec.require_cross_compiler()
     if cc is None:
         return runner, _in_process_builder()
     name = spec.cross_compiler or cc
     builder = ms.builder.LocalBuilder(
-        max_workers=1,
+        max_workers=max(1, min(servers, os.cpu_count() or 1)),
         timeout_sec=120,
         f_export=_export_fn_name(name),
         initializer=_CrossExportInit(name),
     )
     return runner, builder
+
+
+#: A run in which fewer than this fraction of trials produced a measurement fails.
+MIN_VALID_FRACTION = 0.5
+
+
+def _check_measured(stats: TrialStats, db_dir: Path, target: str) -> tuple[int, int]:
+    """Refuse a run whose trials mostly failed, and a database with nothing measured."""
+    if stats.total and stats.valid < MIN_VALID_FRACTION * stats.total:
+        raise RuntimeError(
+            f"tuning for {target}: only {stats.valid} of {stats.total} trials produced a "
+            f"measurement (need at least half); first device error: {stats.first_error}. "
+            "No tuned module was built."
+        )
+    valid, total = database_measurements(db_dir)
+    if valid == 0:
+        raise RuntimeError(
+            f"tuning database {db_dir} has no valid measurement ({total} records, all failed); "
+            "no tuned module was built. Fix the device (see the errors above) and rerun, or "
+            "delete the folder to start over"
+        )
+    return valid, total
+
+
+def _tune_tasks(
+    prepared: Prepared,
+    tvm_target: Any,
+    db_dir: Path,
+    remaining: int,
+    runner: Any,
+    builder: Any,
+    max_trials_per_task: int | None,
+    op_names: list[str] | None,
+    stats: TrialStats,
+    say: Any,
+) -> None:
+    """Run MetaSchedule over the model's tasks (``remaining`` trials) into ``db_dir``."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    with tvm_target:
+        lowered = tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(prepared.mod)
+    try:
+        import xgboost  # noqa: F401
+
+        cost_model = "xgb"
+    except ImportError:
+        cost_model = "random"
+    ms.relax_integration.tune_relax(
+        lowered,
+        params={},
+        target=tvm_target,
+        work_dir=str(db_dir),
+        max_trials_global=remaining,
+        max_trials_per_task=max_trials_per_task,
+        op_names=op_names,
+        num_trials_per_iter=min(64, max(1, max_trials_per_task or remaining)),
+        builder=builder,
+        runner=runner,
+        database=_open_database(db_dir),
+        cost_model=cost_model,
+        measure_callbacks=[
+            *ms.measure_callback.MeasureCallback.create("default"),
+            stats_callback(stats, say, remaining),
+        ],
+    )
 
 
 def tune_onnx(
@@ -248,14 +304,17 @@ def tune_onnx(
     earlier runs count towards it. ``max_trials_per_task`` caps each task (default: the
     ``trials`` left, as MetaSchedule does); ``op_names`` tunes only the tasks whose name
     contains one of them (e.g. ``["matmul"]``). Returns the manifest (``manifest.tuned`` has
-    the details, including ``tuning_seconds``).
+    the details: valid/total trials per task, ``tuning_seconds``).
+
+    Raises ``RuntimeError`` (naming the first device error) when fewer than half of this run's
+    trials produced a measurement, or when the database holds no valid measurement: a tuned
+    module is never built from failures.
     """
     import tvm
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
-    if trials < 0:
-        raise ValueError(f"trials must be >= 0, got {trials}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
+        raise ValueError(f"trials (--trials) must be an int >= 0, got {trials!r}")
     spec = get_target(target)
     db_dir = Path(work_dir) if work_dir else Path(out_dir) / "tuning" / spec.name
     db_dir.mkdir(parents=True, exist_ok=True)
@@ -274,43 +333,18 @@ def tune_onnx(
         f"{spec.name}: database {db_dir} has {before} records; tuning {remaining} more "
         f"(total {trials})"
     )
+    stats = TrialStats()
     t0 = time.perf_counter()
     if remaining:
-        with tvm_target:
-            lowered = tvm.transform.Sequential(
-                [
-                    relax.transform.DecomposeOpsForInference(),
-                    relax.transform.CanonicalizeBindings(),
-                    relax.get_pipeline("zero"),
-                ]
-            )(prepared.mod)
-        try:
-            import xgboost  # noqa: F401
-
-            cost_model = "xgb"
-        except ImportError:
-            cost_model = "random"
-        ms.relax_integration.tune_relax(
-            lowered,
-            params={},
-            target=tvm_target,
-            work_dir=str(db_dir),
-            max_trials_global=remaining,
-            max_trials_per_task=max_trials_per_task,
-            op_names=op_names,
-            num_trials_per_iter=min(64, max(1, max_trials_per_task or remaining)),
-            builder=builder,
-            runner=runner,
-            database=_open_database(db_dir),
-            cost_model=cost_model,
-            measure_callbacks=[
-                *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(remaining, say),
-            ],
-        )
+        _tune_tasks(
+            prepared, tvm_target, db_dir, remaining, runner, builder,
+            max_trials_per_task, op_names, stats, say,
+        )  # fmt: skip
     tuning_s = time.perf_counter() - t0
-    after = count_records(db_dir)
-    say(f"{spec.name}: database now has {after} records; building the tuned module")
+    if stats.tasks:
+        say(f"{spec.name}: trials of this run\n{stats.table()}")
+    valid, after = _check_measured(stats, db_dir, spec.name)
+    say(f"{spec.name}: database has {valid}/{after} valid records; building the tuned module")
     apply_db = relax.get_pipeline(
         "static_shape_tuning", target=tvm_target, work_dir=str(db_dir), total_trials=0
     )
@@ -323,12 +357,14 @@ def tune_onnx(
         "database": str(db_dir),
         "records_before": before,
         "records_after": after,
+        "valid_records": valid,
         "trials_requested": trials,
         "max_trials_per_task": max_trials_per_task,
         "op_names": op_names,
         "tuning_seconds": round(tuning_s, 2),
         "rpc_tracker": rpc_tracker,
         "rpc_key": rpc_key,
+        "this_run": stats.to_json(),
     }
     return export(
         executable,

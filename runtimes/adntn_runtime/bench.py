@@ -15,8 +15,12 @@ policy's choice; its calibration is warmed first in a separate subprocess so the
 child reads the cache) and ``dense`` (the placeholders lowered with mode ``"dense"`` into
 a temporary file: the generated weight stored as an initializer, loaded as plain ONNX).
 A fixed-mode or plain file gives the single configuration ``file``.
-With ``runtime="tvm"`` the path is an ``adntn compile`` OUTDIR, run through
-:mod:`adntn_export.tvm_backend.run` (host toolchain; shapes are fixed by the OUTDIR).
+With ``runtime="tvm"`` the path is an ``adntn compile`` OUTDIR (every file checked against
+the manifest's sha256 first), run through :mod:`adntn_runtime.tvm.run` (``pip install
+'./runtimes[tvm]'``; shapes are fixed by the OUTDIR), on this machine or on a device from a
+TVM RPC tracker; ``dense_model`` adds the dense model's OUTDIR as configuration ``dense``.
+A device that reports itself emulated (``adntn serve-device --emulate``) makes the result
+``"emulated": true``: its latencies are emulation timings, not the device's speed.
 
 JSON schema (``SCHEMA = "adntn.bench/1"``), validated by :func:`validate_result`::
 
@@ -26,6 +30,8 @@ JSON schema (``SCHEMA = "adntn.bench/1"``), validated by :func:`validate_result`
       "runtime": "onnxruntime" | "tvm",
       "machine": {"cpu": str, "cpus": int, "platform": str, "python": str,
                   "onnxruntime": str | null},
+      "emulated": bool,           # measured on an emulated device (qemu): not device speed
+      "device": str | null,       # "rpc:KEY@HOST:PORT" when measured over RPC
       "threads": int | null, "warmup": int, "runs": int, "repeats": int,
       "results": [{
         "config": str,            # fused | materialize | regenerate | auto | dense | file | tvm
@@ -51,7 +57,8 @@ JSON schema (``SCHEMA = "adntn.bench/1"``), validated by :func:`validate_result`
                   "model_rss_vs_dense": float}]  # config (peak - baseline) / dense's
     }
 
-Failed configurations have ``ok: false`` and an ``error``; their numeric fields are 0.
+Failed configurations have ``ok: false`` and an ``error``; their numeric fields are 0, and
+``main`` (like ``adntn bench``) exits 1 when any configuration failed.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +82,7 @@ import numpy as np
 
 from adntn_runtime.modes import ExportMode, Mode
 
-__all__ = ["SCHEMA", "bench_model", "validate_result"]
+__all__ = ["SCHEMA", "bench_model", "failed_rows", "validate_result"]
 
 SCHEMA = "adntn.bench/1"
 #: What ``--runtime onnxruntime`` measures: each layer mode forced, and ``auto`` (the policy).
@@ -106,71 +114,87 @@ def _timed_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: floa
     return times
 
 
+def _tvm_call(spec: dict[str, Any], out: dict[str, Any]) -> Callable[[], Any]:
+    """Load a compiled OUTDIR (here or on an RPC device) and return one timed call."""
+    import tvm  # noqa: F401  (imports first: the baseline is a loaded, empty runtime)
+
+    from adntn_runtime.tvm.run import load, load_rpc
+
+    out["baseline_rss_bytes"] = _status("VmRSS")
+    t0 = time.perf_counter()
+    if spec.get("rpc_tracker"):
+        # The module runs on the device the tracker hands out; latency is the device's,
+        # memory figures stay those of this (host) process.
+        model = load_rpc(spec["path"], tracker=spec["rpc_tracker"], key=spec["rpc_key"])
+        out["device"] = f"rpc:{spec['rpc_key']}@{spec['rpc_tracker']}"
+        out["emulated"] = bool(model.device_info.get("emulated", False))
+    else:
+        model = load(spec["path"])
+    out["load_s"] = time.perf_counter() - t0
+    out["batch"] = model.batch
+    out["layers"] = {"*": model.manifest.mode}
+    args = model.device_args(model.random_inputs())
+    if model.session is not None:  # timed on the device: one RPC call per timed run
+        timer = model.vm.module.time_evaluator(
+            "invoke_stateful", model.device, number=1, repeat=1, min_repeat_ms=0
+        )
+        model.vm.set_input("main", *args)
+
+        def call() -> Any:
+            out.setdefault("device_times_ms", []).append(timer("main").results[0] * 1e3)
+
+        return call
+    fn = model.vm["main"]
+
+    def local_call() -> Any:
+        fn(*args)
+        model.device.sync()
+
+    return local_call
+
+
+def _ort_call(spec: dict[str, Any], out: dict[str, Any]) -> Callable[[], Any]:
+    """Load an ONNX file with the runtime in the configuration's mode; one timed call."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    from adntn_runtime.session import load
+
+    out["baseline_rss_bytes"] = _status("VmRSS")
+    batch = int(spec["batch"])
+    kwargs: dict[str, Any] = {"batch": batch, "threads": spec.get("threads")}
+    if spec["config"] in ("fused", "materialize", "regenerate"):
+        kwargs.update(modes=spec.get("modes") or spec["config"], calibrate=False)
+    for key in ("einsum", "tile_rows"):
+        if spec.get(key) is not None:
+            kwargs[key] = spec[key]
+    t0 = time.perf_counter()
+    sess = load(spec["path"], **kwargs)
+    out["load_s"] = time.perf_counter() - t0
+    out["batch"] = batch
+    out["layers"] = {k: d.mode for k, d in sess.decisions.items()}
+    name = sess.input_names[0]
+    shape = [batch if d is None else d for d in sess.input_shapes[name]]
+    feeds = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    ort_sess = sess.ort_session
+
+    def call() -> Any:
+        ort_sess.run(None, feeds)
+
+    return call
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in this (fresh) process; returns the result fields."""
     import resource
 
-    if spec["runtime"] == "tvm":
-        import tvm  # noqa: F401  (imports first: the baseline is a loaded, empty runtime)
-
-        from adntn_export.tvm_backend.run import load as tvm_load
-        from adntn_export.tvm_backend.run import load_rpc
-    else:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-
-        from adntn_runtime.session import load
-    baseline = _status("VmRSS")
-    batch = int(spec["batch"])
     out: dict[str, Any] = {"layers": {}}
-    t0 = time.perf_counter()
-    if spec["runtime"] == "tvm":
-        if spec.get("rpc_tracker"):
-            # The module runs on the device the tracker hands out; latency is the device's,
-            # memory figures stay those of this (host) process.
-            model = load_rpc(spec["path"], tracker=spec["rpc_tracker"], key=spec["rpc_key"])
-            out["device"] = f"rpc:{spec['rpc_key']}@{spec['rpc_tracker']}"
-        else:
-            model = tvm_load(spec["path"])
-        out["load_s"] = time.perf_counter() - t0
-        rng = np.random.default_rng(0)
-        inputs = [rng.standard_normal(t.shape).astype(t.dtype) for t in model.manifest.inputs]
-        batch = int(model.manifest.inputs[0].shape[0]) if model.manifest.inputs[0].shape else 1
-        args = model._args(inputs)
-        fn = model.vm["main"]
-
-        def call() -> Any:
-            fn(*args)
-            model.device.sync()
-
-        out["layers"] = {"*": model.manifest.mode}
-    else:
-        kwargs: dict[str, Any] = {"batch": batch, "threads": spec.get("threads")}
-        if spec["config"] in ("fused", "materialize", "regenerate"):
-            kwargs.update(modes=spec.get("modes") or spec["config"], calibrate=False)
-        if spec.get("einsum") is not None:
-            kwargs["einsum"] = spec["einsum"]
-        if spec.get("tile_rows") is not None:
-            kwargs["tile_rows"] = spec["tile_rows"]
-        sess = load(spec["path"], **kwargs)
-        out["load_s"] = time.perf_counter() - t0
-        name = sess.input_names[0]
-        shape = [batch if d is None else d for d in sess.input_shapes[name]]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        feeds = sess._feeds({name: x})
-        ort_sess = sess.ort_session
-
-        def call() -> Any:
-            ort_sess.run(None, feeds)
-
-        out["layers"] = {k: d.mode for k, d in sess.decisions.items()}
+    call = (_tvm_call if spec["runtime"] == "tvm" else _ort_call)(spec, out)
     times = _timed_runs(call, int(spec["warmup"]), int(spec["runs"]), float(spec["max_seconds"]))
-    peak = _status("VmHWM")
+    device_ms = out.pop("device_times_ms", None)  # over RPC the device's own timer counts
     out.update(
-        batch=batch,
-        times_ms=times,
-        peak_rss_bytes=peak,
-        baseline_rss_bytes=baseline,
+        times_ms=device_ms[-len(times) :] if device_ms else times,
+        peak_rss_bytes=_status("VmHWM"),
         ru_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
     return out
@@ -248,6 +272,215 @@ def _empty(config: str, batch: int, error: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Plan:
+    """What to run: the configurations and what is known about their files."""
+
+    configs: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    file_sizes: dict[str, int] = field(default_factory=dict)
+    lowered_sizes: dict[str, int | None] = field(default_factory=dict)
+    model_bytes: int = 0
+    sha256: str = ""
+
+
+def _check_args(
+    runtime: str, batches: Sequence[int], modes: Sequence[str], counts: dict[str, Any]
+) -> None:
+    if runtime not in ("onnxruntime", "tvm"):
+        raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: ['onnxruntime', 'tvm']")
+    for b in batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch sizes must be ints >= 1, got {b!r}")
+    bad = [m for m in modes if m not in ORT_CONFIGS]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; valid modes: {list(ORT_CONFIGS)}")
+    for name, (value, low) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _tvm_outdir(path: Path, what: str) -> tuple[int, str]:
+    """Size and sha256 of an OUTDIR's model.so, after checking every file (manifest)."""
+    from adntn_runtime.tvm.manifest import MODEL_FILE, verify_files
+
+    if not path.is_dir():
+        raise ValueError(f"runtime 'tvm' needs an `adntn compile` OUTDIR as {what}, got {path}")
+    manifest = verify_files(path)
+    return (path / MODEL_FILE).stat().st_size, manifest.files[MODEL_FILE]
+
+
+def _plan_tvm(
+    path: Path,
+    common: dict[str, Any],
+    rpc_tracker: str | None,
+    rpc_key: str | None,
+    dense_model: Path | None,
+) -> _Plan:
+    plan = _Plan()
+    plan.model_bytes, plan.sha256 = _tvm_outdir(path, "MODEL")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise ValueError(
+            "give both rpc_tracker (--rpc-tracker) and rpc_key (--rpc-key), or neither"
+        )
+    extra: dict[str, Any] = {}
+    if rpc_tracker is not None:
+        from adntn_runtime.tvm.rpc import check_tracker
+
+        check_tracker(rpc_tracker, rpc_key)  # fail here, clearly, not in every child
+        extra = {"rpc_tracker": rpc_tracker, "rpc_key": rpc_key}
+    plan.configs.append(("tvm", 0, {**common, **extra, "config": "tvm", "path": str(path)}))
+    plan.file_sizes["tvm"] = plan.model_bytes
+    if dense_model is not None:
+        dense_bytes, _ = _tvm_outdir(dense_model, "the dense model (--dense-model)")
+        spec = {**common, **extra, "config": "dense", "path": str(dense_model)}
+        plan.configs.append(("dense", 0, spec))
+        plan.file_sizes["dense"] = dense_bytes
+    for _, _, spec in plan.configs:
+        spec["batch"] = 1
+    return plan
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist or is not a file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ValueError(f"{str(path)!r} is not a valid ONNX model file ({exc})") from None
+
+
+def _plan_ort(
+    path: Path,
+    common: dict[str, Any],
+    batches: Sequence[int],
+    modes: Sequence[str],
+    dense: bool,
+    workdir: Path,
+) -> _Plan:
+    import onnx
+
+    from adntn_runtime import onnx_lowering as lowering
+    from adntn_runtime.calibration import sha256_file
+
+    model = _load_onnx(path)
+    plan = _Plan(model_bytes=path.stat().st_size, sha256=sha256_file(path))
+    base = {**common, "path": str(path)}
+    if not lowering.placeholder_layers(model):
+        plan.file_sizes["file"] = plan.model_bytes
+        plan.configs += [("file", b, {**base, "config": "file", "batch": b}) for b in batches]
+        return plan
+    fusable = _fusable(model)
+    fused_modes = {k: "fused" if ok else "materialize" for k, ok in fusable.items()}
+    for m in modes:
+        if m != "auto":
+            per = fused_modes if m == "fused" else m
+            plan.lowered_sizes[m] = lowering.lower_model(model, per).ByteSize()
+        plan.file_sizes[m] = plan.model_bytes
+    if dense:
+        dense_path = workdir / "dense.onnx"
+        onnx.save(lowering.lower_model(model, "dense"), str(dense_path))
+        plan.file_sizes["dense"] = plan.lowered_sizes["dense"] = dense_path.stat().st_size
+    for b in batches:
+        for m in modes:
+            spec = {**base, "config": m, "batch": b}
+            if m == "fused" and not all(fusable.values()):
+                spec["modes"] = fused_modes
+            plan.configs.append((m, b, spec))
+        if dense:
+            spec = {**common, "config": "dense", "path": str(dense_path), "batch": b}
+            plan.configs.append(("dense", b, spec))
+    return plan
+
+
+def _warm_calibration(plan: _Plan, timeout: float, progress: Callable[[str], None] | None) -> None:
+    """Run ``auto`` once per batch so its calibration cache is warm for the timed child."""
+    for config, b, spec in plan.configs:
+        if config == "auto":
+            got = _run_child({**spec, "warmup": 0, "runs": 1}, timeout)
+            if progress:
+                progress(f"calibrated auto at batch {b}: {got.get('error') or 'ok'}")
+
+
+def _run_rounds(
+    plan: _Plan, repeats: int, timeout: float, progress: Callable[[str], None] | None
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Every configuration ``repeats`` times, interleaved; raw child results per config."""
+    raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for _ in range(repeats):
+        for config, b, spec in plan.configs:
+            got = _run_child(spec, timeout)
+            raw.setdefault((config, b), []).append(got)
+            if progress:
+                p50 = statistics.median(got["times_ms"]) if "times_ms" in got else None
+                progress(
+                    f"{config} batch {b}: "
+                    + (f"p50 {p50:.3f} ms" if p50 is not None else f"error {got['error']}")
+                )
+    return raw
+
+
+def _summarise(config: str, b: int, runs_: list[dict[str, Any]], plan: _Plan) -> dict[str, Any]:
+    """One result row from a configuration's child results (``ok: false`` if none ran)."""
+    good = [r for r in runs_ if "times_ms" in r]
+    if not good:
+        return _empty(config, b, runs_[0].get("error", "unknown error"))
+    times = [t for r in good for t in r["times_ms"]]
+    p50s = [statistics.median(r["times_ms"]) for r in good]
+    p50 = statistics.median(p50s)
+    batch = int(good[0]["batch"])
+    peak = int(statistics.median([r["peak_rss_bytes"] for r in good]))
+    base = int(statistics.median([r["baseline_rss_bytes"] for r in good]))
+    p90, p99 = (float(v) for v in np.percentile(times, [90, 99]))
+    row = {
+        "config": config,
+        "batch": batch,
+        "ok": True,
+        "error": None,
+        "latency_ms": {
+            "p50": p50,
+            "p90": p90,
+            "p99": p99,
+            "mean": float(np.mean(times)),
+            "min": float(np.min(times)),
+        },
+        "runs": len(times),
+        "throughput_per_s": batch / p50 * 1e3,
+        "load_s": float(statistics.median([r["load_s"] for r in good])),
+        "peak_rss_bytes": peak,
+        "baseline_rss_bytes": base,
+        "model_rss_bytes": max(peak - base, 0),
+        "ru_maxrss_bytes": int(max(r["ru_maxrss_bytes"] for r in good)),
+        "file_bytes": int(plan.file_sizes.get(config, plan.model_bytes)),
+        "lowered_bytes": plan.lowered_sizes.get(config),
+        "layers": good[0]["layers"],
+        "p50_per_repeat": p50s,
+    }
+    if "device" in good[0]:
+        row.update(device=good[0]["device"], emulated=bool(good[0].get("emulated", False)))
+    return row
+
+
+def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ok configuration against the ok dense one at the same batch."""
+    ratios = []
+    for r in results:
+        d = next((x for x in results if x["config"] == "dense" and x["batch"] == r["batch"]), None)
+        if d is None or r["config"] == "dense" or not (r["ok"] and d["ok"]):
+            continue
+        ratios.append(
+            {
+                "config": r["config"],
+                "batch": r["batch"],
+                "speedup_vs_dense": d["latency_ms"]["p50"] / r["latency_ms"]["p50"],
+                "peak_rss_vs_dense": r["peak_rss_bytes"] / max(d["peak_rss_bytes"], 1),
+                "model_rss_vs_dense": r["model_rss_bytes"] / max(d["model_rss_bytes"], 1),
+            }
+        )
+    return ratios
+
+
 def bench_model(
     path: str | os.PathLike[str],
     *,
@@ -263,6 +496,7 @@ def bench_model(
     einsum: bool | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    dense_model: str | os.PathLike[str] | None = None,
     timeout: float = 900.0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -280,25 +514,18 @@ def bench_model(
         rpc_tracker, rpc_key: with ``runtime="tvm"``, run on a device requested from a TVM
             RPC tracker (``HOST:PORT``) under this key instead of on the host; the OUTDIR
             must have been compiled for that device's target. Memory is then the host's.
+        dense_model: with ``runtime="tvm"``, an OUTDIR of the dense model compiled for the
+            same target: run beside ``path`` as configuration ``dense`` (ratios against it).
         timeout: seconds per child.
         progress: called with a line of text per finished child.
     """
-    import hashlib
-
-    if runtime not in ("onnxruntime", "tvm"):
-        raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: ['onnxruntime', 'tvm']")
-    for b in batches:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(f"batch sizes must be ints >= 1, got {b!r}")
-    bad = [m for m in modes if m not in ORT_CONFIGS]
-    if bad:
-        raise ValueError(f"unknown modes {bad}; valid modes: {list(ORT_CONFIGS)}")
-    for name, value, low in (("warmup", warmup, 0), ("runs", runs, 1), ("repeats", repeats, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    counts = {"warmup": (warmup, 0), "runs": (runs, 1), "repeats": (repeats, 1)}
+    _check_args(runtime, batches, modes, counts)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist")
+    if dense_model is not None and runtime != "tvm":
+        raise ValueError("dense_model (--dense-model) needs runtime 'tvm' (ONNX: dense=True)")
     common = {
         "runtime": runtime,
         "threads": threads,
@@ -307,167 +534,38 @@ def bench_model(
         "max_seconds": max_seconds,
         "einsum": einsum,
     }
-    tmpdir = tempfile.TemporaryDirectory(prefix="adntn-bench-")
-    configs: list[tuple[str, int, dict[str, Any]]] = []
-    sizes: dict[str, int | None] = {}
-    if runtime == "tvm":
-        if not path.is_dir():
-            raise ValueError(f"runtime 'tvm' needs an `adntn compile` OUTDIR, got file {path}")
-        so = path / "model.so"
-        model_bytes = so.stat().st_size if so.exists() else 0
-        sha = hashlib.sha256(so.read_bytes()).hexdigest() if so.exists() else ""
-        if (rpc_tracker is None) != (rpc_key is None):
-            raise ValueError("give both rpc_tracker (HOST:PORT) and rpc_key, or neither")
-        spec = {**common, "config": "tvm", "path": str(path), "batch": 1}
-        if rpc_tracker is not None:
-            from adntn_export.tvm_backend.rpc import check_tracker
-
-            check_tracker(rpc_tracker, rpc_key)  # fail here, clearly, not in every child
-            spec.update(rpc_tracker=rpc_tracker, rpc_key=rpc_key)
-        configs.append(("tvm", 0, spec))
-        file_sizes = {"tvm": model_bytes}
-    else:
-        import onnx
-
-        from adntn_runtime import onnx_lowering as lowering
-        from adntn_runtime.calibration import sha256_file
-        from adntn_runtime.session import _read_model
-
-        model = _read_model(path)
-        model_bytes = path.stat().st_size
-        sha = sha256_file(path)
-        file_sizes = {}
-        if lowering.placeholder_layers(model):
-            for m in modes:
-                if m != "auto":
-                    per = m
-                    if m == "fused":
-                        per = {
-                            k: "fused" if ok else "materialize" for k, ok in _fusable(model).items()
-                        }
-                    sizes[m] = lowering.lower_model(model, per).ByteSize()
-                file_sizes[m] = model_bytes
-            if dense:
-                dense_path = Path(tmpdir.name) / "dense.onnx"
-                onnx.save(lowering.lower_model(model, "dense"), str(dense_path))
-                file_sizes["dense"] = dense_path.stat().st_size
-                sizes["dense"] = file_sizes["dense"]
-            fusable = _fusable(model)
-            for b in batches:
-                for m in modes:
-                    spec = {**common, "config": m, "path": str(path), "batch": b}
-                    if m == "fused" and not all(fusable.values()):
-                        spec["modes"] = {
-                            k: "fused" if ok else "materialize" for k, ok in fusable.items()
-                        }
-                    configs.append((m, b, spec))
-                if dense:
-                    configs.append(
-                        (
-                            "dense",
-                            b,
-                            {**common, "config": "dense", "path": str(dense_path), "batch": b},
-                        )
-                    )
-            if "auto" in modes:  # warm the calibration cache in its own process
-                for b in batches:
-                    warm = {
-                        **common,
-                        "config": "auto",
-                        "path": str(path),
-                        "batch": b,
-                        "warmup": 0,
-                        "runs": 1,
-                    }
-                    got = _run_child(warm, timeout)
-                    if progress:
-                        progress(f"calibrated auto at batch {b}: {got.get('error') or 'ok'}")
+    with tempfile.TemporaryDirectory(prefix="adntn-bench-") as tmp:
+        if runtime == "tvm":
+            dm = Path(dense_model) if dense_model is not None else None
+            plan = _plan_tvm(path, common, rpc_tracker, rpc_key, dm)
         else:
-            file_sizes["file"] = model_bytes
-            for b in batches:
-                configs.append(
-                    ("file", b, {**common, "config": "file", "path": str(path), "batch": b})
-                )
-        del model
-    raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for _ in range(repeats):
-        for config, b, spec in configs:
-            got = _run_child(spec, timeout)
-            raw.setdefault((config, b), []).append(got)
-            if progress:
-                p50 = statistics.median(got["times_ms"]) if "times_ms" in got else None
-                progress(
-                    f"{config} batch {b}: "
-                    + (f"p50 {p50:.3f} ms" if p50 is not None else f"error {got['error']}")
-                )
-    results = []
-    for (config, b), runs_ in raw.items():
-        good = [r for r in runs_ if "times_ms" in r]
-        if not good:
-            results.append(_empty(config, b, runs_[0].get("error", "unknown error")))
-            continue
-        times = [t for r in good for t in r["times_ms"]]
-        p50s = [statistics.median(r["times_ms"]) for r in good]
-        p50 = statistics.median(p50s)
-        batch = int(good[0]["batch"])
-        peak = int(statistics.median([r["peak_rss_bytes"] for r in good]))
-        base = int(statistics.median([r["baseline_rss_bytes"] for r in good]))
-        p90, p99 = (float(v) for v in np.percentile(times, [90, 99]))
-        results.append(
-            {
-                "config": config,
-                "batch": batch,
-                "ok": True,
-                "error": None,
-                "latency_ms": {
-                    "p50": p50,
-                    "p90": p90,
-                    "p99": p99,
-                    "mean": float(np.mean(times)),
-                    "min": float(np.min(times)),
-                },
-                "runs": len(times),
-                "throughput_per_s": batch / p50 * 1e3,
-                "load_s": float(statistics.median([r["load_s"] for r in good])),
-                "peak_rss_bytes": peak,
-                "baseline_rss_bytes": base,
-                "model_rss_bytes": max(peak - base, 0),
-                "ru_maxrss_bytes": int(max(r["ru_maxrss_bytes"] for r in good)),
-                "file_bytes": int(file_sizes.get(config, model_bytes)),
-                "lowered_bytes": sizes.get(config),
-                "layers": good[0]["layers"],
-                "p50_per_repeat": p50s,
-            }
-        )
-    tmpdir.cleanup()
-    ratios = []
-    for r in results:
-        d = next((x for x in results if x["config"] == "dense" and x["batch"] == r["batch"]), None)
-        if d is None or r["config"] == "dense" or not (r["ok"] and d["ok"]):
-            continue
-        ratios.append(
-            {
-                "config": r["config"],
-                "batch": r["batch"],
-                "speedup_vs_dense": d["latency_ms"]["p50"] / r["latency_ms"]["p50"],
-                "peak_rss_vs_dense": r["peak_rss_bytes"] / max(d["peak_rss_bytes"], 1),
-                "model_rss_vs_dense": r["model_rss_bytes"] / max(d["model_rss_bytes"], 1),
-            }
-        )
+            plan = _plan_ort(path, common, batches, modes, dense, Path(tmp))
+            _warm_calibration(plan, timeout, progress)
+        raw = _run_rounds(plan, repeats, timeout, progress)
+    results = [_summarise(config, b, runs_, plan) for (config, b), runs_ in raw.items()]
     return {
         "schema": SCHEMA,
         "model": str(path),
-        "model_bytes": int(model_bytes),
-        "model_sha256": sha,
+        "model_bytes": int(plan.model_bytes),
+        "model_sha256": plan.sha256,
         "runtime": runtime,
         "machine": _machine(),
+        "emulated": any(r.get("emulated", False) for r in results),
+        "device": next((r["device"] for r in results if r.get("device")), None),
         "threads": threads,
         "warmup": warmup,
         "runs": runs,
         "repeats": repeats,
         "results": results,
-        "ratios": ratios,
+        "ratios": _ratios(results),
     }
+
+
+def failed_rows(data: dict[str, Any]) -> list[str]:
+    """``"config batch B: error"`` for every row of a result that did not run."""
+    return [
+        f"{r['config']} batch {r['batch']}: {r['error']}" for r in data["results"] if not r["ok"]
+    ]
 
 
 def validate_result(data: Any) -> None:
@@ -501,6 +599,8 @@ def validate_result(data: Any) -> None:
         need(machine, key, t, "$.machine")
     need(machine, "onnxruntime", (str, type(None)), "$.machine")
     need(data, "threads", (int, type(None)), "$")
+    if "emulated" in data:
+        need(data, "emulated", bool, "$")
     for key in ("warmup", "runs", "repeats"):
         need(data, key, int, "$")
     for n, r in enumerate(need(data, "results", list, "$")):
@@ -569,7 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(text)
     else:
         print(text)
-    return 0
+    failed = failed_rows(data)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 #   CACHE/arm64-python/site-packages/   aarch64 cp311 wheels: apache-tvm, apache-tvm-ffi (same
 #                                       versions as the host), numpy, ml_dtypes, psutil,
 #                                       tornado, cloudpickle, typing_extensions
+#   CACHE/arm64-python/runtime-site/    `pip install ./runtimes` for aarch64 (adntn_runtime with
+#                                       the aarch64 wheels of numpy, onnx, onnxruntime,
+#                                       opt_einsum): the torch-free, TVM-free device runtime
 #   CACHE/arm64-python/READY            written last
 #
 # Run the server with (no chroot, no binfmt_misc needed):
@@ -70,8 +73,37 @@ with zipfile.ZipFile(whl) as zf:
 EOF
 done
 
+# The torch-free runtime as a Pi user installs it (`pip install ./runtimes`), for aarch64:
+# host pip resolves and unpacks the aarch64 wheels (the emulated Python has no pip).
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+RT_SITE="$OUT/runtime-site"
+rm -rf "$RT_SITE"
+echo "installing ./runtimes (adntn_runtime + aarch64 numpy/onnx/onnxruntime) into $RT_SITE"
+# onnxruntime >= 1.28 aarch64 wheels die with SIGSEGV at import under qemu-user 7.2 (Debian
+# bookworm's qemu-user-static; 1.27.0 imports and runs): the emulated device pins 1.27.0,
+# the rest as constraints.txt pins it. A real Pi takes whatever `pip install ./runtimes` picks.
+EMU_ORT="${EMULATED_ONNXRUNTIME:-onnxruntime==1.27.0}"
+CONSTRAINTS=()
+if [ -f "$REPO/constraints.txt" ]; then
+  grep -v '^onnxruntime' "$REPO/constraints.txt" > "$OUT/constraints-emulated.txt"
+  CONSTRAINTS=(-c "$OUT/constraints-emulated.txt")
+fi
+"$PY" -m pip install -q --no-compile --target "$RT_SITE" --only-binary=:all: \
+  --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
+  --platform manylinux_2_17_aarch64 --python-version 3.11 --implementation cp \
+  "${CONSTRAINTS[@]}" numpy onnx "$EMU_ORT" opt_einsum
+# (built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout)
+RT_SRC="$(mktemp -d)"
+cp -r "$REPO/runtimes/pyproject.toml" "$REPO/runtimes/adntn_runtime" "$RT_SRC/"
+"$PY" -m pip install -q --no-compile --no-deps --no-build-isolation --upgrade \
+  --target "$RT_SITE" "$RT_SRC"
+rm -rf "$RT_SRC"
+
 echo "checking: import tvm under qemu-aarch64"
 TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" \
   -c 'import platform, tvm, tvm.rpc.server; print(platform.machine(), tvm.__version__)'
+echo "checking: import adntn_runtime (onnxruntime) under qemu-aarch64"
+PYTHONPATH="$RT_SITE" qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" \
+  -c 'import platform, onnxruntime, adntn_runtime; print(platform.machine(), onnxruntime.__version__)'
 date -u +%FT%TZ > "$OUT/READY"
 echo "ready: $OUT"
