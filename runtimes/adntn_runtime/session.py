@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ __all__ = ["LayerDecision", "Session", "generate_weight_fast", "load", "lower_fo
 _FOLDING_OFF = ("optimization.disable_specified_optimizers", "ConstantFolding")
 #: A candidate predicted this many times slower than the best one is not measured.
 _MEASURE_RATIO = 10.0
+#: Measuring a candidate holds about this many times its memory for a moment (the weight
+#: ORT reads and its pre-packed copy), so it is measured only when that fits the budget.
+_CALIBRATION_FACTOR = 2.0
 
 
 @dataclass
@@ -91,20 +95,34 @@ class LayerDecision:
 
 
 # ---------------------------------------------------------------------------- numpy weight
-def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The ``(out, in)`` float32 weight, as :func:`adntn_runtime.reference.generate_weight`
-    but with BLAS-backed two-operand contractions (``opt_einsum.contract``)."""
+def _weight_blocks(
+    plan: ADNTNPlan, cores: Mapping[str, np.ndarray], max_block_bytes: int = 1 << 22
+) -> Iterator[np.ndarray]:
+    """The ``(out, in)`` float32 weight as contiguous row blocks, top to bottom.
+
+    The cores are contracted with BLAS-backed two-operand steps (``opt_einsum.contract``),
+    intermediates freed as soon as they are consumed. The last contraction's result is
+    usually a transposed view of its product; it is read block by block (at most about
+    ``max_block_bytes`` each), so the weight is never copied whole: the peak is the last
+    product plus one block, and the padding is dropped per block.
+    """
     import opt_einsum
 
     from adntn_runtime.activations import apply_activation
 
     sch = plan.schedule("materialize")
+    steps = list(sch.steps)
+    tail: list[str] = []  # elementwise activations after the last contraction: per block
+    while steps and not isinstance(steps[-1], Contract):
+        last = steps.pop()
+        tail.insert(0, last.activation)
     env: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in cores.items()}
     uses: dict[str, int] = {}
-    for step in sch.steps:
+    for step in steps:
         for name in step.inputs if isinstance(step, Contract) else (step.input,):
             uses[name] = uses.get(name, 0) + 1
-    for step in sch.steps:
+    final = steps[-1].output if steps else sch.output
+    for step in steps:
         if isinstance(step, Contract):
             a, b = (env[n] for n in step.inputs)
             env[step.output] = opt_einsum.contract(step.equation, a, b)
@@ -116,10 +134,60 @@ def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np
             uses[name] -= 1
             if uses[name] == 0 and name not in cores:
                 del env[name]  # free intermediates early: peak memory matters here
-    w = env[sch.output].reshape(plan.rows_padded, plan.cols_padded)
-    if w.shape != (plan.out_features, plan.in_features):
-        w = np.ascontiguousarray(w[: plan.out_features, : plan.in_features])
-    return np.ascontiguousarray(w, dtype=np.float32)
+    full = env.pop(final)
+    del env
+    rows, cols = plan.rows_padded, plan.cols_padded
+    # Leading legs that split the rows evenly index the blocks (row-major reshape).
+    lead, t = 1, 0
+    while (
+        t < full.ndim
+        and rows % (lead * full.shape[t]) == 0
+        and full.size // lead * 4 > max_block_bytes
+    ):
+        lead *= full.shape[t]
+        t += 1
+    per = rows // lead
+    r0 = 0
+    for idx in np.ndindex(*full.shape[:t]):
+        if r0 >= plan.out_features:
+            break
+        block = full[idx].reshape(per, cols) if full[idx].flags.c_contiguous else None
+        if block is None:
+            block = np.ascontiguousarray(full[idx]).reshape(per, cols)
+        block = block[: plan.out_features - r0, : plan.in_features]
+        for act in tail:
+            block = apply_activation(act, block)
+        yield np.ascontiguousarray(block, dtype=np.float32)
+        r0 += per
+
+
+def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The ``(out, in)`` float32 weight, as :func:`adntn_runtime.reference.generate_weight`
+    but with BLAS-backed two-operand contractions (``opt_einsum.contract``); the result is
+    filled block by block (:func:`_weight_blocks`), so the peak is about twice the weight."""
+    w = np.empty((plan.out_features, plan.in_features), np.float32)
+    r0 = 0
+    for block in _weight_blocks(plan, cores):
+        w[r0 : r0 + block.shape[0]] = block
+        r0 += block.shape[0]
+    return w
+
+
+def _write_weight(
+    plan: ADNTNPlan, cores: Mapping[str, np.ndarray], path: Path, *, transpose: bool
+) -> None:
+    """Write the weight's raw float32 bytes (``(out, in)``, or ``(in, out)`` when
+    ``transpose``) to ``path`` block by block: ORT then loads it itself, and frees its own
+    copy once its kernels have pre-packed it."""
+    with open(path, "wb") as f:
+        if not transpose:
+            for block in _weight_blocks(plan, cores):
+                f.write(memoryview(block))
+            return
+        wt = generate_weight_fast(plan, cores).T
+        step = max(1, (1 << 22) // max(4 * wt.shape[1], 1))
+        for r in range(0, wt.shape[0], step):
+            f.write(memoryview(np.ascontiguousarray(wt[r : r + step])))
 
 
 # ---------------------------------------------------------------------------- lowering
@@ -147,11 +215,19 @@ def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
 
 
 def _materialize_nodes(
-    spec: LayerSpec, input_name: str, output_name: str, externals: dict[str, np.ndarray]
+    spec: LayerSpec,
+    input_name: str,
+    output_name: str,
+    externals: dict[str, np.ndarray],
+    weight_dir: Path | None = None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer)."""
+    """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer).
+
+    With ``weight_dir`` the weight is streamed to a file there (``_write_weight``) that the
+    initializer points at, for ORT to load and own; else it is returned in ``externals``.
+    """
     p = spec.prefix
-    w = generate_weight_fast(spec.plan, spec.cores)
+    plan = spec.plan
     bias = spec.dense_bias()
     inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -167,10 +243,12 @@ def _materialize_nodes(
         nodes.append(node)
 
     wname = f"{p}/materialized/weight"
+    shape: tuple[int, ...] = (plan.out_features, plan.in_features)
+    transpose = False
     if spec.kind == "conv2d":
         conv = spec.conv
         assert conv is not None
-        w = w.reshape(spec.out_features, conv.in_channels, *conv.kernel_shape)
+        shape = (spec.out_features, conv.in_channels, *conv.kernel_shape)
         mk(
             "Conv",
             [input_name, wname] + ([bias_name] if bias_name else []),
@@ -187,14 +265,23 @@ def _materialize_nodes(
             transB=1,
         )
     else:  # (..., in) @ (in, out): MatMul broadcasts the leading dims
-        w = np.ascontiguousarray(w.T)
+        shape, transpose = (plan.in_features, plan.out_features), True
         if bias_name:
             mk("MatMul", [input_name, wname], f"{p}/matmul", "matmul")
             mk("Add", [f"{p}/matmul", bias_name], output_name, "bias.add")
         else:
             mk("MatMul", [input_name, wname], output_name, "matmul")
-    externals[wname] = w
-    inits.append(_external_tensor(wname, w.shape))
+    tensor = _external_tensor(wname, shape)
+    if weight_dir is not None:
+        location = f"adntn_weight_{len(list(weight_dir.glob('adntn_weight_*')))}.bin"
+        _write_weight(plan, spec.cores, weight_dir / location, transpose=transpose)
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    else:
+        w = generate_weight_fast(plan, spec.cores)
+        externals[wname] = np.ascontiguousarray(w.T) if transpose else w.reshape(shape)
+    inits.append(tensor)
     return nodes, inits
 
 
@@ -205,12 +292,17 @@ def lower_for_runtime(
     einsum: bool | Mapping[str, bool] = True,
     batch_hint: int = 1,
     tile_rows: int | None = None,
+    weight_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
     """Lower every placeholder in its mode, the runtime's way (see the module docstring).
 
     Returns ``(model, externals, needs_no_folding)``: ``externals`` maps initializer names to
     the materialized weights to pass with ``SessionOptions.add_external_initializers``.
+    With ``weight_dir``, the materialized weights are written to files there instead (the
+    initializers point at them; ``externals`` is empty): save the model in that folder and
+    let ORT load it from there (:func:`_ort_session_from_dir`).
     """
+    wdir = Path(weight_dir) if weight_dir is not None else None
     out = onnx.ModelProto()
     out.CopyFrom(model)
     names = lowering.placeholder_layers(out)
@@ -245,7 +337,7 @@ def lower_for_runtime(
             )
         use_einsum = einsum if isinstance(einsum, bool) else bool(einsum.get(spec.name, True))
         if mode == "materialize":
-            nodes, extra = _materialize_nodes(spec, node.input[0], node.output[0], externals)
+            nodes, extra = _materialize_nodes(spec, node.input[0], node.output[0], externals, wdir)
         else:
             lowered = lowering.lower_layer(
                 spec,
@@ -566,6 +658,58 @@ def _session_options(threads: int | None, no_folding: bool, optimized_path: str 
     return so
 
 
+def _externalize_initializers(
+    model: onnx.ModelProto, folder: Path, min_bytes: int = 1 << 20
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers of ``min_bytes`` or more, except the inputs of
+    ADNTN placeholders (their cores are read in numpy), are external data in
+    ``folder/source_initializers.bin`` (written by ``onnx.external_data_helper``).
+
+    Clearing a field does not shrink a protobuf's arena, so the copy, not ``model``, is the
+    light one: drop ``model`` after the call.
+    """
+    from onnx import external_data_helper as ext
+
+    keep = {name for node in model.graph.node if node.domain == ADNTN_DOMAIN for name in node.input}
+    moved = False
+    for tensor in model.graph.initializer:
+        if (
+            tensor.name not in keep
+            and tensor.HasField("raw_data")
+            and len(tensor.raw_data) >= min_bytes
+        ):
+            ext.set_external_data(tensor, "source_initializers.bin")
+            moved = True
+    if not moved:
+        return model
+    ext.write_external_data_tensors(model, str(folder))
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    return light
+
+
+def _ort_session_from_dir(lowered: onnx.ModelProto, so: Any, folder: Path, path: Path) -> Any:
+    """An ORT session over ``lowered``, saved in ``folder`` with every initializer of 4 KiB
+    or more as external data (``onnx.save_model``), loaded by ORT from there.
+
+    ORT then owns every weight it reads: a weight its kernels pre-pack (``Gemm``, ``Conv``,
+    ``MatMul`` constants) is freed after packing, instead of living on in the caller's
+    buffer next to ORT's packed copy (``add_external_initializers``), and no serialized copy
+    of the model is made. ``lowered`` keeps the graph only (its initializer data is cleared
+    by the save); ``folder`` may be deleted once the session exists.
+    """
+    model_path = folder / "model.onnx"
+    onnx.save_model(
+        lowered,
+        str(model_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="initializers.bin",
+        size_threshold=4096,
+    )
+    return _make_ort_session(str(model_path), so, path)
+
+
 def _make_ort_session(model_bytes_or_path: Any, so: Any, path: Path) -> Any:
     import onnxruntime as ort
 
@@ -587,7 +731,6 @@ def _measure_layer(
     tile_rows: int | None,
 ) -> dict[str, float]:
     """Milliseconds per call (median) and resident-set growth of the layer alone in ``mode``."""
-    import onnxruntime as ort
 
     from adntn_runtime.calibration import time_call, vm_rss_bytes
 
@@ -595,20 +738,18 @@ def _measure_layer(
     m = lowering.layer_model(
         spec, "auto", input_shape=[d if d else "batch" for d in shape], opset=18
     )
-    lowered, externals, no_fold = lower_for_runtime(
-        m, {spec.name: mode}, einsum=einsum, batch_hint=shape[0], tile_rows=tile_rows
-    )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if no_fold:
-        so.add_session_config_entry(*_FOLDING_OFF)
-    if externals:
-        so.add_external_initializers(
-            list(externals), [ort.OrtValue.ortvalue_from_numpy(a) for a in externals.values()]
+    with tempfile.TemporaryDirectory(prefix="adntn-calibrate-") as tmp:
+        lowered, _, no_fold = lower_for_runtime(
+            m,
+            {spec.name: mode},
+            einsum=einsum,
+            batch_hint=shape[0],
+            tile_rows=tile_rows,
+            weight_dir=tmp,
         )
-    sess = ort.InferenceSession(lowered.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        del m
+        so = _session_options(threads, no_fold, None)
+        sess = _ort_session_from_dir(lowered, so, Path(tmp), Path(f"<calibration of {spec.name}>"))
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     sess.run(None, {"input": x})
     grown = max(vm_rss_bytes() - before, 0)
@@ -654,7 +795,6 @@ def load(
         ValueError: a corrupt file, bad arguments, an impossible budget
             (:class:`~adntn_runtime.policy.BudgetError` names the smallest that fits).
     """
-    import onnxruntime as ort
 
     t_start = time.perf_counter()
     _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum)
@@ -685,6 +825,12 @@ def load(
             raise ValueError(f"layer {name!r}: unknown mode {m!r}; valid modes: {list(MODES)}")
 
     lowering.register_schemas()
+    # Large non-ADNTN initializers (the dense trunk) go to a file ORT reads later; the
+    # protobuf kept from here on is the graph alone (no second copy of the trunk while
+    # lowering and calibrating, none handed to ORT).
+    tmpdir = tempfile.TemporaryDirectory(prefix="adntn-load-")
+    folder = Path(tmpdir.name)
+    model = _externalize_initializers(model, folder)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     specs: dict[str, tuple[LayerSpec, onnx.NodeProto]] = {}
@@ -756,6 +902,8 @@ def load(
                     skip = "input shape unknown"
                 elif c.memory_bytes > budget:
                     skip = "over the memory budget"
+                elif _CALIBRATION_FACTOR * c.memory_bytes > budget:
+                    skip = "measuring it would exceed the memory budget"
                 elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
                     skip = f"predicted > {_MEASURE_RATIO:g}x the best"
                 if skip:
@@ -841,16 +989,24 @@ def load(
         final_modes[name] = ch.mode
         einsum_flags[name] = form
 
-    lowered, externals, no_fold = lower_for_runtime(
-        model, final_modes, einsum=einsum_flags, batch_hint=batch, tile_rows=tile_rows
-    )
-    del model
-    so = _session_options(threads, no_fold, optimized_model_path)
-    ort_values = {}
-    if externals:
-        ort_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in externals.items()}
-        so.add_external_initializers(list(ort_values), list(ort_values.values()))
-    sess = _make_ort_session(lowered.SerializeToString(), so, path)
+    # The nodes and tensors held in specs / inits keep the whole parsed model alive.
+    specs.clear()
+    inits.clear()
+    del graph, node
+    try:
+        lowered, _, no_fold = lower_for_runtime(
+            model,
+            final_modes,
+            einsum=einsum_flags,
+            batch_hint=batch,
+            tile_rows=tile_rows,
+            weight_dir=folder,
+        )
+        del model
+        so = _session_options(threads, no_fold, optimized_model_path)
+        sess = _ort_session_from_dir(lowered, so, folder, path)
+    finally:
+        tmpdir.cleanup()
     options["constant_folding"] = not no_fold
     return Session(
         sess,
@@ -858,7 +1014,7 @@ def load(
         kind="auto",
         decisions=decisions,
         model=lowered,
-        externals={"arrays": externals, "ort": ort_values},
+        externals={},
         options=options,
         rates=rates,
         load_seconds=time.perf_counter() - t_start,
