@@ -206,16 +206,22 @@ def _status(field: str) -> int:
     return 0
 
 
-def _time_calls(call: Any, warmup: int, runs: int, max_seconds: float) -> list[float]:
-    for _ in range(warmup):
+def _time_calls(
+    call: Any, warmup: int, runs: int, max_seconds: float, first_s: float
+) -> list[float]:
+    """Timed calls until ``runs`` or ``max_seconds`` (at least 5; 3 when a call takes over a
+    second: VGG-16 at batch 8 on a busy 2-core box), after ``warmup`` calls (1 for slow calls)."""
+    slow = first_s > 1.0
+    for _ in range(1 if slow else warmup):
         call()
     times: list[float] = []
     start = time.perf_counter()
+    least = 3 if slow else 5
     while len(times) < runs:
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 5 and time.perf_counter() - start > max_seconds:
+        if len(times) >= least and time.perf_counter() - start > max_seconds:
             break
     return times
 
@@ -281,7 +287,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     call()
     first = time.perf_counter() - t1
-    times = _time_calls(call, 2, int(spec["runs"]), float(spec["max_seconds"]))
+    times = _time_calls(call, 2, int(spec["runs"]), float(spec["max_seconds"]), first)
     p50 = statistics.median(times)
     p90, p99 = (float(v) for v in np.percentile(times, [90, 99]))
     out.update(
@@ -342,7 +348,8 @@ def tvm_outdir(meta: dict[str, Any], batch: int, tuned: bool, trials: int) -> Pa
         raise RuntimeError("adntn compile/tune timed out after 7200 s") from None
     if proc.returncode != 0:
         err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no output)"]
-        raise RuntimeError(f"adntn {verb[0]} failed: {err[-1].strip()[:500]}")
+        tail = next((ln for ln in reversed(err) if "error" in ln.lower()), err[-1])
+        raise RuntimeError(f"adntn {verb[0]} failed: {tail.strip()[:500]}")
     return out
 
 
@@ -420,6 +427,24 @@ def measure_row(row: dict, meta: dict, args: argparse.Namespace) -> dict[str, An
         "machine_load": lm.result,
         **{k: v for k, v in got.items() if k != "error"},
     }
+    return out
+
+
+def merge_rounds(old: dict, new: dict) -> dict:
+    """One row from interleaved rounds: latencies are medians over the rounds, memory and
+    the machine's load the worst round's."""
+    keys = ("p50_ms", "p90_ms", "p99_ms", "time_to_first_inference_s", "load_s")
+    rounds = old.get("rounds") or [{k: old[k] for k in keys if k in old}]
+    rounds = [*rounds, {k: new[k] for k in keys if k in new}]
+    out = {**new, "rounds": rounds}
+    for k in keys:
+        vals = [r[k] for r in rounds if k in r]
+        if vals:
+            out[k] = statistics.median(vals)
+    for k in ("peak_rss_bytes", "load_peak_rss_bytes"):
+        out[k] = max(old[k], new[k])
+    if old["machine_load"]["other_cpu_share"] > new["machine_load"]["other_cpu_share"]:
+        out["machine_load"] = old["machine_load"]
     return out
 
 
@@ -661,6 +686,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
     ap.add_argument("--tvm-trials", type=int, default=64, help="MetaSchedule trials (tvm_tuned)")
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times in interleaved rounds (A B C A B C; "
+        "latencies: median over rounds), which evens out a busy machine's load",
+    )
+    ap.add_argument(
         "--rerun-loaded",
         action="store_true",
         help="re-measure rows taken on a busy machine when it is quieter now",
@@ -697,9 +729,12 @@ def main() -> int:
     todo = [
         r for r in plan_rows(models, runtimes, batches) if not configs or r["config"] in configs
     ]
-    for row in todo:
+    done_now: set[str] = set()
+    for rnd, row in [(k, r) for k in range(args.rounds) for r in todo]:
         old = report["rows"].get(row["key"])
-        if old and old.get("ok"):
+        if rnd > 0 and row["key"] not in done_now:
+            continue
+        if old and old.get("ok") and rnd == 0:
             if not (args.rerun_loaded and old["machine_load"]["loaded"]):
                 continue
             now = current_other_share()
@@ -718,10 +753,14 @@ def main() -> int:
             got = {**row, "ok": False, "error": meta["error"], "machine_load": {}}
         else:
             got = measure_row(row, meta, args)
-        if old and old.get("ok") and got.get("ok"):
+        if rnd > 0 and old and old.get("ok") and got.get("ok"):
+            got = merge_rounds(old, got)
+        elif old and old.get("ok") and got.get("ok"):
             # keep the quieter latency
             if got["machine_load"]["other_cpu_share"] > old["machine_load"]["other_cpu_share"]:
                 got = old
+        if got.get("ok"):
+            done_now.add(row["key"])
         report["rows"][row["key"]] = got
         if got.get("ok"):
             print(
