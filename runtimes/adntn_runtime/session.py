@@ -14,15 +14,25 @@ whole weight at load), a materialized layer wants its weight built once, a fused
 its ``x``-independent factors built once. The runtime therefore never relies on ORT folding
 for ADNTN layers:
 
-* materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and hands
-  the dense weight to ORT as an external initializer (``add_external_initializers``: no
-  protobuf copy), feeding an ordinary ``Gemm``/``Conv``; the cores are dropped;
+* materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and
+  streams the dense weight, row block by row block, to a file in a temporary folder that an
+  external initializer points at, feeding an ordinary ``Gemm``/``Conv``; the cores are
+  dropped;
 * fused: the runtime evaluates the layer's ``x``-independent nodes once at load and stores
   the results (the small cached factors) as initializers;
 * regenerate: left as lowered; when any layer is regenerated, ``ConstantFolding`` is switched
   off for the session (it is then a no-op for the other two modes, already precomputed).
 
 Non-ADNTN parts of the model keep ORT's default folding unless a layer is regenerated.
+
+Memory. ORT reads every large weight itself: the source model's big initializers are moved
+to external data right after parsing (the protobuf kept while lowering and calibrating is the
+graph alone), and the lowered model is saved with external data in the temporary folder and
+loaded from there (deleted once the session exists). ORT then owns each weight and frees it
+once its kernels have pre-packed it; handing ORT the caller's buffers
+(``add_external_initializers``) or serialized bytes would keep a second (and third) copy
+resident next to the packed one. A materialized whole model thus peaks at about the dense
+file's memory, and a fused one holds no copy of the trunk besides ORT's.
 """
 
 from __future__ import annotations
