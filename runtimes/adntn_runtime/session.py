@@ -32,7 +32,9 @@ loaded from there (deleted once the session exists). ORT then owns each weight a
 once its kernels have pre-packed it; handing ORT the caller's buffers
 (``add_external_initializers``) or serialized bytes would keep a second (and third) copy
 resident next to the packed one. A materialized whole model thus peaks at about the dense
-file's memory, and a fused one holds no copy of the trunk besides ORT's.
+file's memory, and a fused one holds no copy of the trunk besides ORT's. The folder is made
+with :mod:`tempfile` (``$TMPDIR``): where that is a tmpfs, the files sit in RAM (outside the
+process's RSS) until the session exists; point ``TMPDIR`` at a disk there.
 """
 
 from __future__ import annotations
