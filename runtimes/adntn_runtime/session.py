@@ -39,9 +39,11 @@ process's RSS) until the session exists; point ``TMPDIR`` at a disk there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -670,6 +672,21 @@ def _session_options(threads: int | None, no_folding: bool, optimized_path: str 
     return so
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by the C heap back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere). Parsing the file and ORT's graph transforms (pre-packing, NCHWc reorders)
+    free buffers as large as the weights; glibc keeps such freed heap memory resident, so the
+    next allocations (ORT's, the first call's activations) would stack on top of it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+
+
 def _externalize_initializers(
     model: onnx.ModelProto, folder: Path, min_bytes: int = 1 << 20
 ) -> onnx.ModelProto:
@@ -843,6 +860,7 @@ def load(
     tmpdir = tempfile.TemporaryDirectory(prefix="adntn-load-")
     folder = Path(tmpdir.name)
     model = _externalize_initializers(model, folder)
+    _release_freed_memory()
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     specs: dict[str, tuple[LayerSpec, onnx.NodeProto]] = {}
@@ -1019,6 +1037,7 @@ def load(
         sess = _ort_session_from_dir(lowered, so, folder, path)
     finally:
         tmpdir.cleanup()
+    _release_freed_memory()
     options["constant_folding"] = not no_fold
     return Session(
         sess,
