@@ -634,6 +634,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def render_readme(report: dict) -> None:
+    """Replace the block between the model-suite markers of ``benchmarks/README.md``."""
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- model-suite:start -->", "<!-- model-suite:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the {start} / {end} markers")
+    mach = report.get("machine", {})
+    body = (
+        f"Machine: `{mach.get('cpu')}`, {mach.get('cpus')} cores, ONNX Runtime "
+        f"{mach.get('onnxruntime')}; command `{report.get('command')}`. Latency columns are "
+        "only comparable between rows taken at similar load (last column).\n\n" + table(report)
+    )
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -696,6 +713,11 @@ def main() -> int:
         action="store_true",
         help="re-measure rows taken on a busy machine when it is quieter now",
     )
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the table in benchmarks/README.md (and the plot) from the JSON",
+    )
     ap.add_argument("--out", default=str(RESULTS / "models.json"))
     ap.add_argument("--plot", default=str(RESULTS / "models.png"))
     args = ap.parse_args()
@@ -718,6 +740,12 @@ def main() -> int:
         old = json.loads(out_path.read_text())
         if old.get("schema") == SCHEMA:
             report = old
+    if args.render:
+        report["targets"] = evaluate(report["rows"])
+        render_readme(report)
+        plot(report, Path(args.plot))
+        print(table(report))
+        return 0
     report["machine"] = _machine()
     report["command"] = " ".join(["benchmarks/model_suite.py", *sys.argv[1:]])
     report["loaded_means"] = (
