@@ -192,6 +192,44 @@ def test_fast_weight_matches_reference():
         assert _rel(generate_weight_fast(plan, cores), ref) < 1e-5
 
 
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+def test_weight_blocks_padded_small_blocks(tmp_path, activation):
+    """Row blocks (padding dropped per block, trailing activation per block) and the file
+    written for ORT hold exactly the reference weight."""
+    from adntn_runtime.session import _weight_blocks, _write_weight
+
+    plan = ADNTNPlan(100, 20, network="ttn", bond_dim=2, num_sites=8, final_activation=activation)
+    assert (plan.rows_padded, plan.cols_padded) == (108, 32)  # padded both ways
+    rng = np.random.default_rng(2)
+    cores = {k: rng.standard_normal(c.shape).astype(np.float32) for k, c in plan.cores.items()}
+    ref = generate_weight(plan, cores)
+    blocks = list(_weight_blocks(plan, cores, max_block_bytes=256))
+    assert len(blocks) > 1 and all(b.flags.c_contiguous for b in blocks)
+    assert _rel(np.concatenate(blocks), ref) < 1e-5
+    for transpose in (False, True):
+        _write_weight(plan, cores, tmp_path / "w.bin", transpose=transpose)
+        got = np.fromfile(tmp_path / "w.bin", np.float32)
+        want = ref.T if transpose else ref
+        assert _rel(got.reshape(want.shape), want) < 1e-5
+
+
+def test_loaded_session_keeps_no_weight_copies(exported, tmp_path, monkeypatch):
+    """ORT reads the lowered model from a temporary folder (deleted after load); the session's
+    ModelProto is the graph only (materialized weights are external data)."""
+    import tempfile
+
+    _, x, ref, auto, _ = exported
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for mode in ("materialize", "regenerate"):
+        sess = load(auto, modes=mode, calibrate=False)
+        assert _rel(sess.run(x)[0], ref) < 1e-4
+        assert sess.model is not None
+        external = [t for t in sess.model.graph.initializer if t.external_data]
+        assert all(not t.raw_data for t in external)
+        assert bool(external) == (mode == "materialize")
+        assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------- load + run
 @pytest.mark.parametrize(
     "modes",

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,18 +174,40 @@ def _session(model: Any, threads: int, *, folding: bool = True) -> Any:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _gemm_model(m: int, n: int, weight: np.ndarray | None = None) -> Any:
-    from onnx import TensorProto, helper, numpy_helper
+def _gemm_session(m: int, n: int, threads: int, *, prepack: bool = True) -> Any:
+    """An ORT session of ``y = x @ w.T`` with a random ``(m, n)`` weight that ORT reads from a
+    file itself (written in row blocks): the weight is resident once, in ORT's pre-packed
+    copy (or, with ``prepack=False``, as read: batch-1 calls stream it as stored), and never
+    also in numpy, in a protobuf or in serialized bytes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    w = weight if weight is not None else rng.standard_normal((m, n), dtype=np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", n])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", m])
     node = helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
-    graph = helper.make_graph([node], "gemm", [x], [y], [numpy_helper.from_array(w, "w")])
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[m, n])
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(4 * m * n))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([node], "gemm", [x], [y], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    return model
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    with tempfile.TemporaryDirectory(prefix="adntn-rates-") as tmp:
+        with open(Path(tmp) / "w.bin", "wb") as f:
+            rows = max(1, (1 << 22) // (4 * n))
+            for r in range(0, m, rows):
+                f.write(memoryview(rng.standard_normal((min(rows, m - r), n), dtype=np.float32)))
+        path = Path(tmp) / "gemm.onnx"
+        path.write_bytes(model.SerializeToString())
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def measure_device_rates(threads: int = 1) -> DeviceRates:
@@ -195,12 +218,13 @@ def measure_device_rates(threads: int = 1) -> DeviceRates:
 
     rng = np.random.default_rng(0)
     # Compute-bound GEMM: batch 64 through a 1024x1024 weight (in cache).
-    s = _session(_gemm_model(1024, 1024), threads)
+    s = _gemm_session(1024, 1024, threads)
     x = rng.standard_normal((64, 1024), dtype=np.float32)
     ms = time_call(lambda: s.run(None, {"x": x}), max_seconds=0.25)
     gemm = 2 * 64 * 1024 * 1024 / (ms * 1e6)
     # Streaming: batch 1 through a 32 MiB weight.
-    s = _session(_gemm_model(2048, 4096), threads)
+    del s  # one session at a time
+    s = _gemm_session(2048, 4096, threads, prepack=False)  # batch 1: no packed copy needed
     x1 = rng.standard_normal((1, 4096), dtype=np.float32)
     ms = time_call(lambda: s.run(None, {"x": x1}), max_seconds=0.25)
     bw = 2048 * 4096 * 4 / (ms * 1e6)
@@ -232,6 +256,7 @@ def measure_device_rates(threads: int = 1) -> DeviceRates:
     from adntn_runtime.policy import predict_latency_ms
 
     xb = rng.standard_normal((32, 1024), dtype=np.float32)
+    del s
     s = _session(layer_model(spec, "fused", input_shape=("batch", 1024)), threads)
     fused_ms = time_call(lambda: s.run(None, {"input": xb}), max_seconds=0.2)
     cost = plan.cost("fused", 32)
@@ -239,6 +264,7 @@ def measure_device_rates(threads: int = 1) -> DeviceRates:
     einsum = cost.flops / max((fused_ms - fixed) * 1e6, 1e-3)
     einsum = min(max(einsum, 0.05), gemm)
     regen = layer_model(spec, "regenerate", input_shape=("batch", 1024))
+    del s
     s = _session(regen, threads, folding=False)
     regen_ms = time_call(lambda: s.run(None, {"input": x[:1]}), warmup=1, max_seconds=0.3)
     with_rate = replace_rates(base, einsum_gflops=einsum)

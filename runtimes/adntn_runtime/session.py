@@ -14,9 +14,10 @@ whole weight at load), a materialized layer wants its weight built once, a fused
 its ``x``-independent factors built once. The runtime therefore never relies on ORT folding
 for ADNTN layers:
 
-* materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and hands
-  the dense weight to ORT as an external initializer (``add_external_initializers``: no
-  protobuf copy), feeding an ordinary ``Gemm``/``Conv``; the cores are dropped;
+* materialize: the runtime contracts the cores in numpy at load (opt_einsum/BLAS) and
+  streams the dense weight, row block by row block, to a file in a temporary folder that an
+  external initializer points at, feeding an ordinary ``Gemm``/``Conv``; the cores are
+  dropped;
 * fused: the runtime computes the layer's ``x``-independent values once at load (the plan's
   ``Schedule.cached_values``, contracted in numpy) and stores them as initializers (their
   transposes and reshapes folded too), so the graph holds only the steps that read ``x``;
@@ -24,15 +25,29 @@ for ADNTN layers:
   off for the session (it is then a no-op for the other two modes, already precomputed).
 
 Non-ADNTN parts of the model keep ORT's default folding unless a layer is regenerated.
+
+Memory. ORT reads every large weight itself: the source model's big initializers are moved
+to external data right after parsing (the protobuf kept while lowering and calibrating is the
+graph alone), and the lowered model is saved with external data in the temporary folder and
+loaded from there (deleted once the session exists). ORT then owns each weight and frees it
+once its kernels have pre-packed it; handing ORT the caller's buffers
+(``add_external_initializers``) or serialized bytes would keep a second (and third) copy
+resident next to the packed one. A materialized whole model thus peaks at about the dense
+file's memory, and a fused one holds no copy of the trunk besides ORT's. The folder is made
+with :mod:`tempfile` (``$TMPDIR``): where that is a tmpfs, the files sit in RAM (outside the
+process's RSS) until the session exists; point ``TMPDIR`` at a disk there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import platform
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +92,9 @@ __all__ = ["LayerDecision", "Session", "generate_weight_fast", "load", "lower_fo
 _FOLDING_OFF = ("optimization.disable_specified_optimizers", "ConstantFolding")
 #: A candidate predicted this many times slower than the best one is not measured.
 _MEASURE_RATIO = 10.0
+#: Measuring a candidate holds about this many times its memory for a moment (the weight
+#: ORT reads and its pre-packed copy), so it is measured only when that fits the budget.
+_CALIBRATION_FACTOR = 2.0
 
 
 @dataclass
@@ -110,20 +128,34 @@ class LayerDecision:
 
 
 # ---------------------------------------------------------------------------- numpy weight
-def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The ``(out, in)`` float32 weight, as :func:`adntn_runtime.reference.generate_weight`
-    but with BLAS-backed two-operand contractions (``opt_einsum.contract``)."""
+def _weight_blocks(
+    plan: ADNTNPlan, cores: Mapping[str, np.ndarray], max_block_bytes: int = 1 << 22
+) -> Iterator[np.ndarray]:
+    """The ``(out, in)`` float32 weight as contiguous row blocks, top to bottom.
+
+    The cores are contracted with BLAS-backed two-operand steps (``opt_einsum.contract``),
+    intermediates freed as soon as they are consumed. The last contraction's result is
+    usually a transposed view of its product; it is read block by block (at most about
+    ``max_block_bytes`` each), so the weight is never copied whole: the peak is the last
+    product plus one block, and the padding is dropped per block.
+    """
     import opt_einsum
 
     from adntn_runtime.activations import apply_activation
 
     sch = plan.schedule("materialize")
+    steps = list(sch.steps)
+    tail: list[str] = []  # elementwise activations after the last contraction: per block
+    while steps and not isinstance(steps[-1], Contract):
+        last = steps.pop()
+        tail.insert(0, last.activation)
     env: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in cores.items()}
     uses: dict[str, int] = {}
-    for step in sch.steps:
+    for step in steps:
         for name in step.inputs if isinstance(step, Contract) else (step.input,):
             uses[name] = uses.get(name, 0) + 1
-    for step in sch.steps:
+    final = steps[-1].output if steps else sch.output
+    for step in steps:
         if isinstance(step, Contract):
             a, b = (env[n] for n in step.inputs)
             env[step.output] = opt_einsum.contract(step.equation, a, b)
@@ -135,10 +167,60 @@ def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np
             uses[name] -= 1
             if uses[name] == 0 and name not in cores:
                 del env[name]  # free intermediates early: peak memory matters here
-    w = env[sch.output].reshape(plan.rows_padded, plan.cols_padded)
-    if w.shape != (plan.out_features, plan.in_features):
-        w = np.ascontiguousarray(w[: plan.out_features, : plan.in_features])
-    return np.ascontiguousarray(w, dtype=np.float32)
+    full = env.pop(final)
+    del env
+    rows, cols = plan.rows_padded, plan.cols_padded
+    # Leading legs that split the rows evenly index the blocks (row-major reshape).
+    lead, t = 1, 0
+    while (
+        t < full.ndim
+        and rows % (lead * full.shape[t]) == 0
+        and full.size // lead * 4 > max_block_bytes
+    ):
+        lead *= full.shape[t]
+        t += 1
+    per = rows // lead
+    r0 = 0
+    for idx in np.ndindex(*full.shape[:t]):
+        if r0 >= plan.out_features:
+            break
+        block = full[idx].reshape(per, cols) if full[idx].flags.c_contiguous else None
+        if block is None:
+            block = np.ascontiguousarray(full[idx]).reshape(per, cols)
+        block = block[: plan.out_features - r0, : plan.in_features]
+        for act in tail:
+            block = apply_activation(act, block)
+        yield np.ascontiguousarray(block, dtype=np.float32)
+        r0 += per
+
+
+def generate_weight_fast(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The ``(out, in)`` float32 weight, as :func:`adntn_runtime.reference.generate_weight`
+    but with BLAS-backed two-operand contractions (``opt_einsum.contract``); the result is
+    filled block by block (:func:`_weight_blocks`), so the peak is about twice the weight."""
+    w = np.empty((plan.out_features, plan.in_features), np.float32)
+    r0 = 0
+    for block in _weight_blocks(plan, cores):
+        w[r0 : r0 + block.shape[0]] = block
+        r0 += block.shape[0]
+    return w
+
+
+def _write_weight(
+    plan: ADNTNPlan, cores: Mapping[str, np.ndarray], path: Path, *, transpose: bool
+) -> None:
+    """Write the weight's raw float32 bytes (``(out, in)``, or ``(in, out)`` when
+    ``transpose``) to ``path`` block by block: ORT then loads it itself, and frees its own
+    copy once its kernels have pre-packed it."""
+    with open(path, "wb") as f:
+        if not transpose:
+            for block in _weight_blocks(plan, cores):
+                f.write(memoryview(block))
+            return
+        wt = generate_weight_fast(plan, cores).T
+        step = max(1, (1 << 22) // max(4 * wt.shape[1], 1))
+        for r in range(0, wt.shape[0], step):
+            f.write(memoryview(np.ascontiguousarray(wt[r : r + step])))
 
 
 # ---------------------------------------------------------------------------- lowering
@@ -159,11 +241,19 @@ def _external_tensor(name: str, shape: Sequence[int]) -> onnx.TensorProto:
 
 
 def _materialize_layer(
-    spec: LayerSpec, input_name: str, output_name: str, externals: dict[str, np.ndarray]
+    spec: LayerSpec,
+    input_name: str,
+    output_name: str,
+    externals: dict[str, np.ndarray],
+    weight_dir: Path | None = None,
 ) -> LoweredLayer:
-    """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer)."""
+    """Gemm / Conv / MatMul on a weight contracted in numpy (an external initializer).
+
+    With ``weight_dir`` the weight is streamed to a file there (``_write_weight``) that the
+    initializer points at, for ORT to load and own; else it is returned in ``externals``.
+    """
     p = spec.prefix
-    w = generate_weight_fast(spec.plan, spec.cores)
+    plan = spec.plan
     bias = spec.dense_bias()
     inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -179,10 +269,12 @@ def _materialize_layer(
         nodes.append(node)
 
     wname = f"{p}/materialized/weight"
+    shape: tuple[int, ...] = (plan.out_features, plan.in_features)
+    transpose = False
     if spec.kind == "conv2d":
         conv = spec.conv
         assert conv is not None
-        w = w.reshape(spec.out_features, conv.in_channels, *conv.kernel_shape)
+        shape = (spec.out_features, conv.in_channels, *conv.kernel_shape)
         mk(
             "Conv",
             [input_name, wname] + ([bias_name] if bias_name else []),
@@ -199,14 +291,23 @@ def _materialize_layer(
             transB=1,
         )
     else:  # (..., in) @ (in, out): MatMul broadcasts the leading dims
-        w = np.ascontiguousarray(w.T)
+        shape, transpose = (plan.in_features, plan.out_features), True
         if bias_name:
             mk("MatMul", [input_name, wname], f"{p}/matmul", "matmul")
             mk("Add", [f"{p}/matmul", bias_name], output_name, "bias.add")
         else:
             mk("MatMul", [input_name, wname], output_name, "matmul")
-    externals[wname] = w
-    inits.append(_external_tensor(wname, w.shape))
+    tensor = _external_tensor(wname, shape)
+    if weight_dir is not None:
+        location = f"adntn_weight_{len(list(weight_dir.glob('adntn_weight_*')))}.bin"
+        _write_weight(plan, spec.cores, weight_dir / location, transpose=transpose)
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    else:
+        w = generate_weight_fast(plan, spec.cores)
+        externals[wname] = np.ascontiguousarray(w.T) if transpose else w.reshape(shape)
+    inits.append(tensor)
     return LoweredLayer(nodes, inits)
 
 
@@ -217,6 +318,7 @@ def lower_for_runtime(
     einsum: bool | Mapping[str, bool] = True,
     batch_hint: int = 1,
     tile_rows: int | None = None,
+    weight_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
     """Lower every placeholder in its mode, the runtime's way (see the module docstring).
 
@@ -227,14 +329,18 @@ def lower_for_runtime(
 
     Returns ``(model, externals, needs_no_folding)``: ``externals`` maps initializer names to
     the materialized weights to pass with ``SessionOptions.add_external_initializers``.
+    With ``weight_dir``, the materialized weights are written to files there instead (the
+    initializers point at them; ``externals`` is empty): save the model in that folder and
+    let ORT load it from there (:func:`_ort_session_from_dir`).
     """
+    wdir = Path(weight_dir) if weight_dir is not None else None
     per_layer = resolve_modes(placeholder_layers(model), modes, Mode, name="modes")
     externals: dict[str, np.ndarray] = {}
 
     def lower(spec: LayerSpec, mode: Mode, node: onnx.NodeProto, opset: int) -> LoweredLayer:
         use_einsum = einsum if isinstance(einsum, bool) else bool(einsum.get(spec.name, True))
         if mode is Mode.MATERIALIZE:
-            lowered = _materialize_layer(spec, node.input[0], node.output[0], externals)
+            lowered = _materialize_layer(spec, node.input[0], node.output[0], externals, wdir)
         else:
             constants = None
             if mode is Mode.FUSED:  # the x-independent values, computed here once
@@ -463,6 +569,73 @@ def _session_options(threads: int | None, no_folding: bool, optimized_path: str 
     return so
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by the C heap back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere). Parsing the file and ORT's graph transforms (pre-packing, NCHWc reorders)
+    free buffers as large as the weights; glibc keeps such freed heap memory resident, so the
+    next allocations (ORT's, the first call's activations) would stack on top of it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+def _externalize_initializers(
+    model: onnx.ModelProto, folder: Path, min_bytes: int = 1 << 20
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers of ``min_bytes`` or more, except the inputs of
+    ADNTN placeholders (their cores are read in numpy), are external data in
+    ``folder/source_initializers.bin`` (written by ``onnx.external_data_helper``).
+
+    Clearing a field does not shrink a protobuf's arena, so the copy, not ``model``, is the
+    light one: drop ``model`` after the call.
+    """
+    from onnx import external_data_helper as ext
+
+    keep = {name for node in model.graph.node if is_placeholder(node) for name in node.input}
+    moved = False
+    for tensor in model.graph.initializer:
+        if (
+            tensor.name not in keep
+            and tensor.HasField("raw_data")
+            and len(tensor.raw_data) >= min_bytes
+        ):
+            ext.set_external_data(tensor, "source_initializers.bin")
+            moved = True
+    if not moved:
+        return model
+    ext.write_external_data_tensors(model, str(folder))
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    return light
+
+
+def _ort_session_from_dir(lowered: onnx.ModelProto, so: Any, folder: Path, path: Path) -> Any:
+    """An ORT session over ``lowered``, saved in ``folder`` with every initializer of 4 KiB
+    or more as external data (``onnx.save_model``), loaded by ORT from there.
+
+    ORT then owns every weight it reads: a weight its kernels pre-pack (``Gemm``, ``Conv``,
+    ``MatMul`` constants) is freed after packing, instead of living on in the caller's
+    buffer next to ORT's packed copy (``add_external_initializers``), and no serialized copy
+    of the model is made. ``lowered`` keeps the graph only (its initializer data is cleared
+    by the save); ``folder`` may be deleted once the session exists.
+    """
+    model_path = folder / "model.onnx"
+    onnx.save_model(
+        lowered,
+        str(model_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="initializers.bin",
+        size_threshold=4096,
+    )
+    return _make_ort_session(str(model_path), so, path)
+
+
 def _make_ort_session(model_bytes_or_path: Any, so: Any, path: Path) -> Any:
     import onnxruntime as ort
 
@@ -484,26 +657,22 @@ def _measure_layer(
     tile_rows: int | None,
 ) -> dict[str, float]:
     """Milliseconds per call (median) and resident-set growth of the layer alone in ``mode``."""
-    import onnxruntime as ort
-
     from adntn_runtime.calibration import time_call, vm_rss_bytes
 
     before = vm_rss_bytes()
     m = layer_model(spec, "auto", input_shape=[d if d else "batch" for d in shape], opset=18)
-    lowered, externals, no_fold = lower_for_runtime(
-        m, {spec.name: mode}, einsum=einsum, batch_hint=shape[0], tile_rows=tile_rows
-    )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if no_fold:
-        so.add_session_config_entry(*_FOLDING_OFF)
-    if externals:
-        so.add_external_initializers(
-            list(externals), [ort.OrtValue.ortvalue_from_numpy(a) for a in externals.values()]
+    with tempfile.TemporaryDirectory(prefix="adntn-calibrate-") as tmp:
+        lowered, _, no_fold = lower_for_runtime(
+            m,
+            {spec.name: mode},
+            einsum=einsum,
+            batch_hint=shape[0],
+            tile_rows=tile_rows,
+            weight_dir=tmp,
         )
-    sess = ort.InferenceSession(lowered.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        del m
+        so = _session_options(threads, no_fold, None)
+        sess = _ort_session_from_dir(lowered, so, Path(tmp), Path(f"<calibration of {spec.name}>"))
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     sess.run(None, {"input": x})
     grown = max(vm_rss_bytes() - before, 0)
@@ -523,26 +692,6 @@ def _forced_modes(
     if unknown:
         raise ValueError(f"modes names unknown layer {unknown[0]!r}; the model's layers: {layers}")
     return {name: parse_mode(m, Mode, name=f"modes[{name!r}]") for name, m in modes.items()}
-
-
-def _ort_session(
-    lowered: onnx.ModelProto,
-    externals: Mapping[str, np.ndarray],
-    threads: int | None,
-    no_fold: bool,
-    optimized_path: Any,
-    path: Path,
-) -> tuple[Any, dict[str, Any]]:
-    """The ORT session over a lowered model, the materialized weights passed as external
-    initializers (no protobuf copy); returns it and the ``OrtValue``s it reads."""
-    import onnxruntime as ort
-
-    so = _session_options(threads, no_fold, optimized_path)
-    ort_values = {}
-    if externals:
-        ort_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in externals.items()}
-        so.add_external_initializers(list(ort_values), list(ort_values.values()))
-    return _make_ort_session(lowered.SerializeToString(), so, path), ort_values
 
 
 class _Planner:
@@ -629,6 +778,8 @@ class _Planner:
                 skip = "input shape unknown"
             elif c.memory_bytes > budget:
                 skip = "over the memory budget"
+            elif _CALIBRATION_FACTOR * c.memory_bytes > budget:
+                skip = "measuring it would exceed the memory budget"
             elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
                 skip = f"predicted > {_MEASURE_RATIO:g}x the best"
             if skip:
@@ -849,22 +1000,35 @@ def _load_auto(
     model = holder.pop()
     threads, batch, tile_rows = options["threads"], options["batch"], options["tile_rows"]
     forced = _forced_modes(layers, modes)
-    planner = _Planner(model, path, forced, options, threads or os.cpu_count() or 1)
-    t_cal = time.perf_counter()
-    planner.calibrate()
-    planner.choose()
-    calibration_seconds = time.perf_counter() - t_cal if planner.cache is not None else 0.0
-    decisions = planner.decisions(modes)
-    final_modes = {name: d.mode for name, d in decisions.items()}
-    einsum_flags = {name: planner.einsum_form(name, d.mode) for name, d in decisions.items()}
-    lowered, externals, no_fold = lower_for_runtime(
-        model, final_modes, einsum=einsum_flags, batch_hint=batch, tile_rows=tile_rows
-    )
-    rates = planner.rates
-    del model, planner
-    sess, ort_values = _ort_session(
-        lowered, externals, threads, no_fold, optimized_model_path, path
-    )
+    with tempfile.TemporaryDirectory(prefix="adntn-load-") as tmp:
+        folder = Path(tmp)
+        # Large non-ADNTN initializers (the dense trunk) go to a file ORT reads later; the
+        # protobuf kept from here on is the graph alone (no second copy of the trunk while
+        # lowering and calibrating, none handed to ORT).
+        model = _externalize_initializers(model, folder)
+        _release_freed_memory()
+        planner = _Planner(model, path, forced, options, threads or os.cpu_count() or 1)
+        t_cal = time.perf_counter()
+        planner.calibrate()
+        planner.choose()
+        calibration_seconds = time.perf_counter() - t_cal if planner.cache is not None else 0.0
+        decisions = planner.decisions(modes)
+        final_modes = {name: d.mode for name, d in decisions.items()}
+        einsum_flags = {name: planner.einsum_form(name, d.mode) for name, d in decisions.items()}
+        rates = planner.rates
+        del planner  # its specs hold nodes and tensors that keep the parsed model alive
+        lowered, _, no_fold = lower_for_runtime(
+            model,
+            final_modes,
+            einsum=einsum_flags,
+            batch_hint=batch,
+            tile_rows=tile_rows,
+            weight_dir=folder,
+        )
+        del model
+        so = _session_options(threads, no_fold, optimized_model_path)
+        sess = _ort_session_from_dir(lowered, so, folder, path)
+    _release_freed_memory()
     options["constant_folding"] = not no_fold
     return Session(
         sess,
@@ -872,7 +1036,7 @@ def _load_auto(
         kind="auto",
         decisions=decisions,
         model=lowered,
-        externals={"arrays": externals, "ort": ort_values},
+        externals={},
         options=options,
         rates=rates,
         load_seconds=time.perf_counter() - t_start,
