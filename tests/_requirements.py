@@ -4,9 +4,9 @@ The README's test command (``pip install -c constraints.txt -e ".[all,dev]" && p
 pytest``) must pass on a machine without any of these: every test that needs one says so here,
 and skips, naming the Debian package, where it is missing. One mechanism for all of them::
 
-    from _requirements import needs, require
+    from _requirements import require
 
-    @needs("aarch64-g++")               # a marker, decided once per session
+    @pytest.mark.needs("aarch64-g++")   # a marker; conftest.py skips when it is missing
     def test_x(): ...
 
     def test_y():
@@ -94,9 +94,9 @@ def missing(*names: str) -> str | None:
 
 
 def needs(*names: str) -> pytest.MarkDecorator:
-    """A ``skipif`` marker: skip, with the reason, unless every named requirement is met."""
-    reason = missing(*names)
-    return pytest.mark.skipif(reason is not None, reason=reason or "")
+    """``pytest.mark.needs(*names)``: conftest.py skips, with the reason, unless every named
+    requirement is met (an unknown name is an error when the test runs)."""
+    return pytest.mark.needs(*names)
 
 
 def require(*names: str) -> None:

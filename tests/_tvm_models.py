@@ -7,9 +7,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _save(nodes, inputs, outputs, inits, path) -> str:
+def _save(nodes, inputs, outputs, inits, path, opset: int = 17) -> str:
     g = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
@@ -139,9 +139,4 @@ def torch_style_flatten(path, batch: int | str = "batch", seed: int = 5) -> str:
         helper.make_node("Gemm", ["x2", "w"], ["y"], transB=1),
     ]
     inits = [numpy_helper.from_array(w, "w")]
-    g = helper.make_graph(nodes, "g", [_f("x", [batch, 3, 4, 4])], [_f("y", [batch, 10])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return str(path)
+    return _save(nodes, [_f("x", [batch, 3, 4, 4])], [_f("y", [batch, 10])], inits, path, 18)

@@ -3,6 +3,8 @@ ADNTN layers, exported in every mode and compiled with TVM once per session.
 
 * :data:`NETWORKS`, :data:`EXPORT_MODES`, :data:`LOWERING_MODES`: the vocabularies to cross.
 * :func:`random_plan`, :func:`random_cores`: seeded plans and cores (numpy, torch-free).
+* Marker ``@pytest.mark.needs("aarch64-g++", ...)``: skip, naming the Debian package, unless
+  every named requirement of ``tests/_requirements.py`` is met (checked when the test runs).
 * :data:`SMALL_ZOO` (default tests), :data:`MEDIUM_ZOO` and :data:`CANONICAL_ZOO` (slow
   tests): zoo model names. :func:`zoo_case` builds one (every ``nn.Linear`` compressed with
   ``network``, bond dimension 4, seeded, unfitted) with its input and torch logits.
@@ -23,9 +25,9 @@ import numpy as np
 import pytest
 
 from adntn_runtime.modes import ExportMode, LoweringMode
-from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.plan import NETWORKS, ADNTNPlan
 
-NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
+__all__ = ["NETWORKS", "random_cores", "random_plan", "zoo_case"]
 EXPORT_MODES: tuple[str, ...] = tuple(m.value for m in ExportMode)
 LOWERING_MODES: tuple[str, ...] = tuple(m.value for m in LoweringMode)
 SMALL_ZOO: tuple[str, ...] = ("mlp", "small_cnn")
@@ -52,10 +54,36 @@ def random_plan(
     return ADNTNPlan(out_features, in_features, network=net, bond_dim=bonds)
 
 
-def random_cores(plan: ADNTNPlan, seed: int = 0, scale: float = 0.7) -> dict[str, np.ndarray]:
-    """Seeded float64 cores of ``plan`` (standard normal times ``scale``)."""
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(c.shape) * scale for k, c in plan.cores.items()}
+def random_cores(
+    plan: ADNTNPlan,
+    seed: int | np.random.Generator = 0,
+    scale: float = 0.7,
+    *,
+    fan_in: bool = False,
+    dtype: type | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded cores of ``plan``: standard normal times ``scale`` (float64), or divided by the
+    square root of each core's last dimension with ``fan_in``; cast to ``dtype`` if given.
+
+    ``seed`` may be a generator, to keep drawing from it after the cores (e.g. a bias).
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    cores = {}
+    for k, c in plan.cores.items():
+        z = rng.standard_normal(c.shape)
+        z = z / np.sqrt(max(c.shape[-1], 1)) if fan_in else z * scale
+        cores[k] = z if dtype is None else z.astype(dtype)
+    return cores
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.needs(*names)``: skip with the reason unless every requirement is met."""
+    from _requirements import missing
+
+    for marker in item.iter_markers("needs"):
+        reason = missing(*marker.args)
+        if reason is not None:
+            pytest.skip(reason)
 
 
 @dataclass

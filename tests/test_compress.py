@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import NETWORKS
 from torch import nn
 
 from adntn_export import ADNTNConv2d, ADNTNLinear, compression_report
@@ -135,7 +136,7 @@ def test_recipes_load_and_apply():
 
 
 @pytest.mark.parametrize("name", ["alexnet32", "vgg16_32"])
-@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("network", NETWORKS)
 def test_benchmark_recipes_meet_the_ratio_targets(name, network):
     """The compression table's recipes: fc7 >= 50,000x, fc8 >= 100x, every conv >= 100x and
     fc6 >= 10,000x, counting every stored number; the one documented miss is VGG-16-32's

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,10 @@ import adntn_models as am
 from adntn_models.datasets import idx_file_names, read_idx, write_idx
 from adntn_models.datasets.make_subset import DEFAULT_OUT, make_subset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _requirements import needs  # noqa: E402
-
 MEAN, STD = am.FASHION_MNIST_MEAN, am.FASHION_MNIST_STD
 
 
-needs_debian = needs("fashion-mnist")
+needs_debian = pytest.mark.needs("fashion-mnist")
 
 
 def write_fake_split(root: Path, split: str, n: int, *, gz: bool) -> None:

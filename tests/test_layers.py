@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import NETWORKS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -19,7 +20,6 @@ from adntn_export import (
 )
 from adntn_runtime.reference import generate_weight
 
-NETWORKS = ["ttn", "attn", "mera"]
 MODES = ["materialize", "regenerate", "fused"]
 
 

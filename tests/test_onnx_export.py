@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import NETWORKS, random_cores
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
@@ -36,7 +37,6 @@ from adntn_runtime.schedule import Contract
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import make_golden  # noqa: E402
 
-NETWORKS = ("ttn", "attn", "mera")
 MODES = ("fused", "regenerate", "materialize", "dense")
 KINDS = ("linear", "conv", "model")
 TOL = 1e-5
@@ -341,10 +341,7 @@ def test_layer_spec_matches_layer():
 def _random_spec(m: int, n: int, network: str, **kw) -> LayerSpec:
     plan = ADNTNPlan(m, n, network=network, **kw)
     rng = np.random.default_rng(0)
-    cores = {
-        k: (rng.standard_normal(c.shape) / np.sqrt(max(c.shape[-1], 1))).astype(np.float32)
-        for k, c in plan.cores.items()
-    }
+    cores = random_cores(plan, rng, fan_in=True, dtype=np.float32)
     bias = rng.standard_normal(m).astype(np.float32)
     return LayerSpec("fc", "linear", plan, cores, bias_kind="dense", bias=bias)
 
@@ -353,7 +350,7 @@ def _group_sizes(groups, dims) -> list[int]:
     return [int(np.prod([dims[x] for x in g])) for g in groups]
 
 
-@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("network", NETWORKS)
 def test_broadcast_matmul_form_matches_einsum(network):
     from adntn_runtime.schedule import BATCH
 
@@ -390,7 +387,7 @@ def test_broadcast_matmul_form_of_a_regenerate_tile():
     assert f.second_dims == ((), ("i2", "i3"), ("b_node1_1",), ("j2", "j3"))
 
 
-@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("einsum", [True, False])
 @pytest.mark.parametrize("mode,batch", [("regenerate", 2), ("fused", 5), ("fused", 1)])
 def test_broadcast_lowering_matches_reference(network, einsum, mode, batch):

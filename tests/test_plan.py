@@ -7,6 +7,7 @@ import string
 
 import numpy as np
 import pytest
+from conftest import NETWORKS, random_cores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,13 +15,6 @@ from adntn_runtime.factorize import balanced_factors, factorize
 from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.reference import apply, generate_weight, run_schedule
 from adntn_runtime.schedule import BATCH, Contract
-
-NETWORKS = ["ttn", "attn", "mera"]
-
-
-def random_cores(plan: ADNTNPlan, seed: int = 0, scale: float = 0.7) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(c.shape) * scale for k, c in plan.cores.items()}
 
 
 @st.composite

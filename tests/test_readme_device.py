@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("tvm")
 psutil = pytest.importorskip("psutil")
+from _processes import alive, free_port, terminate  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -50,11 +51,7 @@ def test_readme_emulated_pi_commands(tmp_path):
     py, reason = emulated.find_arm64_python()
     if py is None:
         pytest.skip(reason)
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # `adntn` and `python` as executables of this interpreter (exec: `kill %1` must reach
     # serve-device itself, as it does for an installed `adntn`)
     bin_dir = tmp_path / "bin"
@@ -94,12 +91,12 @@ def test_readme_emulated_pi_commands(tmp_path):
         stop.set()
         if proc.poll() is None:
             proc.kill()
-        left = _alive(seen)
+        left = alive(seen)
         deadline = time.time() + 60  # `kill %1` returns at once; serve-device stops its children
         while time.time() < deadline and left:
             time.sleep(0.5)
-            left = _alive(seen)
-        _terminate(seen)  # whatever a failure left behind (serve-device first: it cleans up)
+            left = alive(seen)
+        terminate(seen)  # whatever a failure left behind (serve-device first: it cleans up)
     serve_log = (work / "serve.log").read_text() if (work / "serve.log").exists() else ""
     assert proc.returncode == 0, out[-4000:] + serve_log[-2000:]
     found = re.search(r"this run (\d+)/(\d+) valid trials", out)
@@ -111,32 +108,3 @@ def test_readme_emulated_pi_commands(tmp_path):
     assert {r["config"]: r["ok"] for r in data["results"]} == {"tvm": True, "dense": True}
     assert not left, f"processes left behind: {left}"
     assert "stopped every server and tracker" in serve_log
-
-
-def _terminate(pids: set[int]) -> None:
-    procs = []
-    for pid in sorted(pids):
-        try:
-            p = psutil.Process(pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _alive(pids: set[int]) -> list[str]:
-    out = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{pid}: {' '.join(p.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            pass
-    return out

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import NETWORKS, random_cores
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -184,10 +185,9 @@ def test_cost_model_from_plan():
 
 
 def test_fast_weight_matches_reference():
-    for network in ("ttn", "attn", "mera"):
+    for network in NETWORKS:
         plan = ADNTNPlan(100, 90, network=network, bond_dim=3)
-        rng = np.random.default_rng(1)
-        cores = {k: rng.standard_normal(c.shape).astype(np.float32) for k, c in plan.cores.items()}
+        cores = random_cores(plan, 1, 1.0, dtype=np.float32)
         ref = generate_weight(plan, cores)
         assert _rel(generate_weight_fast(plan, cores), ref) < 1e-5
 
@@ -458,16 +458,12 @@ def _auto_layer(network: str):
     from adntn_runtime.onnx_lowering import LayerSpec, layer_model
 
     plan = ADNTNPlan(1024, 1024, network=network, bond_dim=3)
-    rng = np.random.default_rng(0)
-    cores = {
-        k: (rng.standard_normal(c.shape) / np.sqrt(c.shape[-1])).astype(np.float32)
-        for k, c in plan.cores.items()
-    }
+    cores = random_cores(plan, 0, fan_in=True, dtype=np.float32)
     spec = LayerSpec("fc", "linear", plan, cores)
     return plan, cores, layer_model(spec, "auto", input_shape=("batch", 1024), opset=18)
 
 
-@pytest.mark.parametrize("network", ["ttn", "attn", "mera"])
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("batch", [1, 8])
 def test_fused_per_call_graph_is_two_matmuls_without_transposes(network, batch):
     """After the x-independent factors are cached, a call is Reshape + MatMul only: the

@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _tvm_models as models  # noqa: E402
-from _requirements import needs, require  # noqa: E402
+from _requirements import require  # noqa: E402
 
 from adntn_export.tvm_backend import compile as tc  # noqa: E402
 from adntn_export.tvm_backend import run as tr  # noqa: E402
@@ -181,7 +181,7 @@ def test_arm_artefact_refuses_in_process_load(chain, tmp_path):
 # ----------------------------------------------------------------------------- GPUs
 
 
-@needs("aarch64-g++")  # the Jetson host code (model.so) is linked for aarch64
+@pytest.mark.needs("aarch64-g++")  # the Jetson host code (model.so) is linked for aarch64
 @pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-orin-agx"])
 def test_jetson_emits_cuda_source(chain, tmp_path, target):
     manifest = tc.compile_onnx(chain, target, tmp_path)
@@ -203,7 +203,7 @@ def test_jetson_emits_cuda_source(chain, tmp_path, target):
 
 
 @pytest.mark.parametrize("target", ["mali", "adreno"])
-@needs("aarch64-g++")  # Mali and Adreno boards have aarch64 hosts
+@pytest.mark.needs("aarch64-g++")  # Mali and Adreno boards have aarch64 hosts
 def test_opencl_kernels_run_on_pocl(tmp_path, target):
     require("opencl-device")
     import pyopencl as cl

@@ -34,6 +34,7 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _tvm_models as models  # noqa: E402
+from _processes import alive, descendants, free_port  # noqa: E402
 from _requirements import require  # noqa: E402
 
 IN, OUT, BATCH = 256, 64, 2
@@ -52,36 +53,6 @@ def _need_emulated_python():
     return py
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pids: list[int]) -> set[int]:
-    found = set()
-    for pid in pids:
-        try:
-            found |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def _alive(pids: set[int]) -> list[str]:
-    out = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{pid}: {' '.join(p.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
     """Tracker + 2 emulated rpi4 servers + 1 emulated rpi5 server; nothing left afterwards."""
@@ -89,16 +60,16 @@ def farm(tmp_path_factory):
     from adntn_export.tvm_backend.emulated import EmulatedFarm
 
     logs = tmp_path_factory.mktemp("logs")
-    f = EmulatedFarm({"rpi4": 2, "rpi5": 1}, tracker_port=_free_port(), log_dir=logs)
+    f = EmulatedFarm({"rpi4": 2, "rpi5": 1}, tracker_port=free_port(), log_dir=logs)
     pids = [s.proc.pid for s in f.servers]
-    tree = set(pids) | _descendants(pids)
+    tree = set(pids) | descendants(pids)
     try:
         yield f
     finally:
-        tree |= _descendants(pids)  # session workers started since
+        tree |= descendants(pids)  # session workers started since
         f.close()
         time.sleep(0.5)
-        assert not _alive(tree), f"processes left behind: {_alive(tree)}"
+        assert not alive(tree), f"processes left behind: {alive(tree)}"
         if MEASURED:
             print("\nEMULATED (qemu-user) measurements, not device speed:")
             print(json.dumps(MEASURED, indent=1))

@@ -19,10 +19,9 @@ import onnx
 from google.protobuf import text_format
 
 from adntn_runtime.onnx_lowering import LayerSpec, layer_model
-from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.plan import NETWORKS, ADNTNPlan
 
 GOLDEN_DIR = Path(__file__).resolve().parent
-NETWORKS = ("ttn", "attn", "mera")
 
 
 def golden_model(network: str) -> onnx.ModelProto:
