@@ -210,3 +210,116 @@ def test_failed_import_leaves_no_block_builder_warning(tmp_path, capfd):
     gc.collect()
     captured = capfd.readouterr()
     assert "BlockBuilder destroyed" not in captured.err + captured.out
+
+
+# --------------------------------------------------------------- fixed-mode files from the plan
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("small_cnn", "fused"),
+        ("mlp", "fused"),
+        pytest.param("mlp", "regenerate", marks=pytest.mark.slow),  # ~50 s: 1 row per tile
+        pytest.param("small_cnn", "regenerate", marks=pytest.mark.slow),
+    ],
+)
+def test_fixed_export_lowered_from_plan(zoo_export, tvm_compiled, name, mode):
+    """A fixed-mode export with Einsum nodes: every layer's placeholder is rebuilt from the
+    file's record and lowered from its plan (no Einsum reaches TVM), in the export's mode."""
+    import onnx
+
+    from adntn_runtime.onnx_format import read_placeholder_records
+
+    case = zoo_case(name)
+    path = zoo_export(name, mode, True)
+    model = onnx.load(str(path))
+    assert any(n.op_type == "Einsum" for n in model.graph.node)
+    records = read_placeholder_records(model)
+    out = tvm_compiled(name, mode, "host", True)
+    manifest = tr.Manifest.load(out)
+    assert set(manifest.layers) == set(records) and records
+    for layer in manifest.layers.values():
+        assert layer["mode"] == mode
+        assert layer["reason"] == f"fixed by the export (adntn export --mode {mode}); " + (
+            "lowered from the plan"
+        )
+    assert not any("Einsum" in note for note in manifest.notes)
+    _close(tr.load(out).run({"input": case.x})[0], case.logits, f"tvm {mode} from the plan")
+
+
+@pytest.mark.parametrize("compile_mode", ["dense", "materialize"])
+def test_fixed_fused_export_in_another_mode(tvm_compiled, compile_mode):
+    """--mode on a fused export: the layers are lowered from the plan in the mode asked."""
+    case = zoo_case("small_cnn")
+    out = tvm_compiled("small_cnn", "fused", "host", True, compile_mode)
+    manifest = tr.Manifest.load(out)
+    assert manifest.mode == compile_mode
+    assert (manifest.materialize is not None) == (compile_mode == "materialize")
+    for layer in manifest.layers.values():
+        assert layer["mode"] == compile_mode
+        assert layer["reason"] == (
+            f"forced by --mode {compile_mode}; lowered from the plan (exported fused)"
+        )
+    _close(tr.load(out).run({"input": case.x})[0], case.logits, f"tvm fused->{compile_mode}")
+
+
+def test_fixed_export_without_record_compiles_as_exported(zoo_export, tmp_path):
+    """An older fixed-mode file (no ``adntn.placeholder.*`` record): compiled as exported,
+    its Einsum nodes through TVM's einsum, with a note saying so."""
+    import onnx
+
+    from adntn_export.tvm_backend.compile import compile_onnx
+    from adntn_runtime.onnx_format import PLACEHOLDER_RECORD_KEY
+
+    case = zoo_case("small_cnn")
+    model = onnx.load(str(zoo_export("small_cnn", "fused", True)))
+    keep = [p for p in model.metadata_props if not p.key.startswith(PLACEHOLDER_RECORD_KEY)]
+    assert len(keep) < len(model.metadata_props)
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    manifest = compile_onnx(old, "host", tmp_path / "out")
+    assert any("TVM's einsum" in note for note in manifest.notes)
+    assert manifest.layers and all(
+        v == {"mode": "fused", "reason": "fixed by the export (adntn export --mode fused)"}
+        for v in manifest.layers.values()
+    )
+    _close(tr.load(tmp_path / "out").run({"input": case.x})[0], case.logits, "tvm as exported")
+
+
+def test_placeholder_record_is_validated(zoo_export):
+    """The record is read as untrusted data: format, fields, names and attributes checked."""
+    import json
+
+    import onnx
+
+    from adntn_runtime.onnx_format import (
+        PLACEHOLDER_RECORD_KEY,
+        read_placeholder_records,
+        spec_from_node,
+    )
+
+    model = onnx.load(str(zoo_export("mlp", "fused", True)))
+    records = read_placeholder_records(model)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for rec in records.values():  # the cores are the file's initializers, by name
+        spec = spec_from_node(rec.node, inits)
+        assert spec.prefix == rec.name and rec.nodes
+    entry = next(p for p in model.metadata_props if p.key.startswith(PLACEHOLDER_RECORD_KEY))
+    good = json.loads(entry.value)
+    bad = [
+        ({"format": 99}, "record format 99"),
+        ({"op_type": "Gemm"}, "op_type 'Gemm'"),
+        ({"inputs": ["x\n", *good["inputs"][1:]]}, "is not a value/node name"),
+        ({"attributes": {**good["attributes"], "evil": "x"}}, "unknown placeholder attribute"),
+        ({"attributes": {**good["attributes"], "input_rank": "2"}}, "'input_rank' is not"),
+        ({"nodes": good["nodes"] * 2}, "repeats a node name"),
+        ({"extra": 1}, "has the fields"),
+    ]
+    for change, message in bad:
+        entry.value = json.dumps({**good, **change})
+        with pytest.raises(ValueError, match=message):
+            read_placeholder_records(model)
+    entry.value = "{" * 10
+    with pytest.raises(ValueError, match="is not JSON"):
+        read_placeholder_records(model)

@@ -21,8 +21,13 @@ time). ``main(*data_inputs, *materialize())`` runs one inference when ``material
 
 ADNTN layers of an ``auto`` file reach Relax from their plan: the runtime's own lowering
 (:func:`adntn_runtime.onnx_lowering.lower_model`, MatMul/Reshape form, no ``Einsum``) in the
-mode chosen for TVM. Fixed-mode files are compiled as exported (their ``Einsum`` nodes, if
-any, go through TVM's own ``einsum``). Every file is normalised first (:mod:`.normalize`).
+mode chosen for TVM. So do those of a fixed-mode file (``adntn export --mode
+fused|materialize|regenerate``): each layer's ``adntn.placeholder.<name>`` record gives its
+placeholder back (:func:`adntn_runtime.substitution.restore_placeholders` drops the nodes the
+export emitted), lowered in the export's mode unless ``--mode`` or the policy's limits ask
+otherwise. Files without records (older exports, ``dense``) are compiled as exported (their
+``Einsum`` nodes go through TVM's own ``einsum``, with a note in the manifest). Every file is
+normalised first (:mod:`.normalize`).
 """
 
 from __future__ import annotations
@@ -107,6 +112,26 @@ def _data_inputs(
     return inputs
 
 
+_FROM_PLAN = "; lowered from the plan"
+
+
+def _prefix(layer: str) -> str:
+    """A layer's metadata name (its node prefix) from its placeholder ``layer`` attribute."""
+    return layer or "layer"
+
+
+def _only(model: Any, layers: dict[str, LayerMode]) -> Any:
+    """A shallow stand-in for ``model`` whose metadata holds only ``layers``' records."""
+    import onnx
+
+    out = onnx.ModelProto()
+    keys = {f"adntn.layer.{n}" for n in layers}
+    for p in model.metadata_props:
+        if p.key in keys:
+            out.metadata_props.add().CopyFrom(p)
+    return out
+
+
 def _layer_params(model: Any, layers: dict[str, LayerMode], modes: tuple[str, ...]) -> list[str]:
     """Float initializers (more than one element) read by the nodes of layers in ``modes``
     (nodes carry their layer in ``adntn.layer`` node metadata) and by no other node."""
@@ -164,40 +189,64 @@ def prepare_relax(
     from adntn_export.tvm_backend.layer_modes import file_layer_modes, placeholder_layer_modes
     from adntn_export.tvm_backend.normalize import normalize
     from adntn_runtime import onnx_lowering as lowering
+    from adntn_runtime.substitution import restore_placeholders
 
     path = Path(onnx_path)
     model = _read(path)
     inputs = _data_inputs(model, input_shapes, batch)
     notes: list[str] = []
     run_batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    restored: list[str] = []
+    fixed: dict[str, LayerMode] = {}
+    if not lowering.placeholder_layers(model):
+        fixed = file_layer_modes(model, mode=None)
+        model, restored, skipped = restore_placeholders(model)
+        notes += skipped
     if lowering.placeholder_layers(model):
-        layers = placeholder_layer_modes(
-            model,
-            mode=mode,
-            batch=run_batch,
-            memory_budget_mb=memory_budget_mb,
-            latency_target_ms=latency_target_ms,
+        from_policy = (
+            mode is not None or memory_budget_mb is not None or (latency_target_ms is not None)
         )
+        exported = {n: fixed.get(_prefix(n)) for n in restored}
+        if restored and not from_policy and None not in exported.values():
+            layers = {n: LayerMode(lm.mode, lm.reason + _FROM_PLAN) for n, lm in exported.items()}
+        else:
+            layers = placeholder_layer_modes(
+                model,
+                mode=mode,
+                batch=run_batch,
+                memory_budget_mb=memory_budget_mb,
+                latency_target_ms=latency_target_ms,
+            )
+            for n, lm in layers.items():
+                if n in exported:
+                    was = exported[n]
+                    tail = f" (exported {was.mode.value})" if was is not None else ""
+                    layers[n] = LayerMode(lm.mode, f"{lm.reason}{_FROM_PLAN}{tail}")
         model = lowering.lower_model(
             model,
             {n: lm.mode.value for n, lm in layers.items()},
             einsum=False,
             batch_hint=run_batch,
         )
+        # layers an export lowered but recorded no placeholder for keep their nodes
+        rest = {n: lm for n, lm in fixed.items() if n not in {_prefix(r) for r in restored}}
+        if rest:
+            layers.update(file_layer_modes(_only(model, rest), mode=mode))
     else:
         if memory_budget_mb is not None or latency_target_ms is not None:
             notes.append(
                 "--memory-budget-mb/--latency-target-ms ignored: the file's modes were fixed "
-                "at export (export with --mode auto to let the policy choose)"
+                "at export and it records no plan to lower its layers from (re-export it with "
+                "this adntn, or with --mode auto)"
             )
         layers = file_layer_modes(model, mode=mode)
         if mode is not None and not layers:
             notes.append(f"--mode {mode} ignored: the model has no ADNTN layer")
-        if any(n.op_type == "Einsum" for n in model.graph.node):
-            notes.append(
-                "Einsum nodes compiled with TVM's einsum (export with --mode auto or "
-                "--no-einsum for the MatMul form)"
-            )
+    if any(n.op_type == "Einsum" for n in model.graph.node):
+        notes.append(
+            "Einsum nodes compiled with TVM's einsum: the file records no plan for their "
+            "layers (re-export it with this adntn, with --mode auto, or with --no-einsum)"
+        )
     regen = _layer_params(model, layers, ("regenerate",))
     mat = _layer_params(model, layers, ("materialize",))
     norm = normalize(model, {t.name: t.shape for t in inputs}, [*regen, *mat])

@@ -5,10 +5,14 @@ of an exported file compiles in, and why.
   policy as the ONNX Runtime device runtime (:func:`adntn_runtime.policy.choose_modes` over
   :func:`~adntn_runtime.policy.layer_candidates`, predicted with the default device rates),
   within ``--memory-budget-mb`` / ``--latency-target-ms``; ``--mode`` forces one mode.
-* A fixed-mode file (``adntn export --mode fused|materialize|regenerate|dense``) was lowered
-  at export: each layer keeps the mode its ``adntn.layer.<name>`` metadata records. ``--mode``
-  may only repeat it, or ask ``dense`` for a materialize/regenerate layer (its weight build is
-  then folded into constants at compile time).
+* A fixed-mode file (``adntn export --mode fused|materialize|regenerate``) records each
+  layer's placeholder (``adntn.placeholder.<name>``): :mod:`.compile` rebuilds it, and the
+  layer compiles like an ``auto`` file's, in its export's mode (``adntn.layer.<name>``) unless
+  ``--mode`` or the policy's limits ask otherwise.
+* A file without that record (older exports, ``dense``) was lowered for good at export
+  (:func:`file_layer_modes`): each layer keeps its recorded mode. ``--mode`` may only repeat
+  it, or ask ``dense`` for a materialize/regenerate layer (its weight build is then folded
+  into constants at compile time).
 
 What each mode means on TVM (:mod:`.compile` implements it):
 

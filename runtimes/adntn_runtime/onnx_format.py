@@ -13,12 +13,21 @@ Every file with ADNTN layers also records, in ``metadata_props``, how each layer
 (``adntn.layer.<name>``: kind, mode, network, bond dims, shape, ratio; see
 :func:`record_layer_metadata`) and, when a layer must not be constant-folded,
 ``adntn.session_options`` (:func:`session_options_for` reads it back).
+
+A layer lowered at export whose cores stay initializers of the file (``fused``,
+``materialize``, ``regenerate``) also records its placeholder (``adntn.placeholder.<name>``,
+:func:`record_placeholder`): the placeholder's attributes (the plan JSON among them), its
+input, parameter and output value names (the cores are referenced by name, not copied) and
+the names of the nodes its lowering emitted. :func:`read_placeholder_records` reads it back,
+validated, so that a backend can drop those nodes and lower the layer again from its plan.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +42,9 @@ __all__ = [
     "IR_VERSION",
     "NO_FOLDING_SESSION_OPTIONS",
     "OP_TYPES",
+    "PLACEHOLDER_RECORD_FORMAT",
+    "PLACEHOLDER_RECORD_KEY",
+    "PlaceholderRecord",
     "SESSION_OPTIONS_KEY",
     "default_opset",
     "is_placeholder",
@@ -40,7 +52,9 @@ __all__ = [
     "placeholder_layers",
     "placeholder_node",
     "placeholder_param_names",
+    "read_placeholder_records",
     "record_layer_metadata",
+    "record_placeholder",
     "register_schemas",
     "session_options_for",
     "set_metadata",
@@ -301,3 +315,157 @@ def session_options_for(model: onnx.ModelProto | str | Any) -> Any:
         for key, value in entries.items():
             so.add_session_config_entry(key, str(value))
     return so
+
+
+# ---------------------------------------------------------------------------- placeholder record
+#: Metadata key prefix of a lowered layer's placeholder record (``adntn.placeholder.<name>``).
+PLACEHOLDER_RECORD_KEY = "adntn.placeholder."
+#: Version of the record's JSON layout; a reader refuses others.
+PLACEHOLDER_RECORD_FORMAT = 1
+#: Bounds on what a record read from a file may hold (files are untrusted).
+_MAX_RECORD_CHARS = 64 * 2**20
+_MAX_NAME_CHARS = 1024
+_MAX_RECORD_NODES = 200_000
+_MAX_INTS = 16
+_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
+_RECORD_FIELDS = {"format", "op_type", "inputs", "output", "attributes", "nodes"}
+
+
+@dataclass(frozen=True)
+class PlaceholderRecord:
+    """A lowered layer's placeholder, read back from the file.
+
+    ``node``: the ``ai.adntn`` placeholder (input: the layer's input value, then its parameter
+    initializers; output: the layer's output value); ``nodes``: the names of the nodes the
+    export's lowering emitted for the layer (all between those values).
+    """
+
+    name: str
+    node: onnx.NodeProto
+    nodes: tuple[str, ...]
+
+
+def record_placeholder(
+    model: onnx.ModelProto, node: onnx.NodeProto, emitted: Sequence[str]
+) -> None:
+    """Record placeholder ``node`` of a layer lowered into the nodes named ``emitted``
+    (metadata ``adntn.placeholder.<layer prefix>``; see :func:`read_placeholder_records`)."""
+    attrs = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list):
+            value = [v.decode() if isinstance(v, bytes) else int(v) for v in value]
+        attrs[a.name] = value
+    record = {
+        "format": PLACEHOLDER_RECORD_FORMAT,
+        "op_type": node.op_type,
+        "inputs": list(node.input),
+        "output": node.output[0],
+        "attributes": attrs,
+        "nodes": list(emitted),
+    }
+    prefix = attrs.get("layer") or "layer"
+    set_metadata(model, f"{PLACEHOLDER_RECORD_KEY}{prefix}", json.dumps(record, sort_keys=True))
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_NAME_CHARS or not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{what}: {str(value)[:80]!r} is not a value/node name (a string of 1.."
+            f"{_MAX_NAME_CHARS} printable characters)"
+        )
+    return value
+
+
+def _attribute(name: str, value: object, where: str) -> Any:
+    kind = next((k for k, names in _PLACEHOLDER_ATTRIBUTES.items() if name in names), None)
+    if kind is None:
+        raise ValueError(
+            f"{where}: unknown placeholder attribute {name[:80]!r}; valid: "
+            f"{sorted(n for names in _PLACEHOLDER_ATTRIBUTES.values() for n in names)}"
+        )
+    ok = {
+        "STRING": isinstance(value, str) and len(value) <= _MAX_RECORD_CHARS,
+        "STRINGS": isinstance(value, list)
+        and len(value) <= _MAX_RECORD_NODES
+        and all(isinstance(v, str) and len(v) <= _MAX_NAME_CHARS for v in value),
+        "INT": isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31,
+        "INTS": isinstance(value, list)
+        and len(value) <= _MAX_INTS
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in value),
+    }[kind]
+    if not ok:
+        raise ValueError(f"{where}: attribute {name!r} is not a bounded {kind.lower()} value")
+    return value
+
+
+def _read_record(key: str, text: str) -> PlaceholderRecord:
+    layer = key[len(PLACEHOLDER_RECORD_KEY) :]
+    where = f"metadata {key[:120]!r}"
+    _name(layer, where)
+    if len(text) > _MAX_RECORD_CHARS:
+        raise ValueError(f"{where}: {len(text)} characters, over the {_MAX_RECORD_CHARS} allowed")
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
+    if not isinstance(record, dict) or set(record) != _RECORD_FIELDS:
+        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(
+            f"{where}: a placeholder record has the fields {sorted(_RECORD_FIELDS)}, got {got}"
+        )
+    if record["format"] != PLACEHOLDER_RECORD_FORMAT:
+        raise ValueError(
+            f"{where}: record format {record['format']!r}; adntn reads format "
+            f"{PLACEHOLDER_RECORD_FORMAT} (re-export the model, or upgrade adntn)"
+        )
+    if record["op_type"] not in OP_TYPES.values():
+        raise ValueError(
+            f"{where}: op_type {str(record['op_type'])[:80]!r}; valid: {sorted(OP_TYPES.values())}"
+        )
+    inputs, nodes, attrs = record["inputs"], record["nodes"], record["attributes"]
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= _MAX_RECORD_NODES:
+        raise ValueError(f"{where}: 'inputs' must list the layer's input and parameters")
+    if not isinstance(nodes, list) or not 1 <= len(nodes) <= _MAX_RECORD_NODES:
+        raise ValueError(f"{where}: 'nodes' must list 1..{_MAX_RECORD_NODES} node names")
+    if not isinstance(attrs, dict):
+        raise ValueError(f"{where}: 'attributes' must be an object")
+    names = [_name(n, f"{where} inputs") for n in inputs]
+    output = _name(record["output"], f"{where} output")
+    emitted = tuple(_name(n, f"{where} nodes") for n in nodes)
+    if len(set(emitted)) != len(emitted):
+        raise ValueError(f"{where}: 'nodes' repeats a node name")
+    checked = {_name(k, f"{where} attributes"): _attribute(k, v, where) for k, v in attrs.items()}
+    if (checked.get("layer") or "layer") != layer:
+        raise ValueError(
+            f"{where}: the record's layer {str(checked.get('layer'))[:80]!r} is not {layer!r}"
+        )
+    node = helper.make_node(
+        record["op_type"],
+        names,
+        [output],
+        name=f"{layer}/{record['op_type']}",
+        domain=ADNTN_DOMAIN,
+        **checked,
+    )
+    placeholder_param_names(node)  # roles match the parameter inputs
+    return PlaceholderRecord(layer, node, emitted)
+
+
+def read_placeholder_records(model: onnx.ModelProto) -> dict[str, PlaceholderRecord]:
+    """Layer prefix -> its :class:`PlaceholderRecord`, from ``adntn.placeholder.*`` metadata.
+
+    The file is untrusted: names, sizes, attribute names and types and the record format
+    are checked (``ValueError`` naming the metadata key); the plan itself is validated when
+    the placeholder is rebuilt (:func:`spec_from_node`). Files without records give ``{}``.
+    """
+    return {
+        rec.name: rec
+        for rec in (
+            _read_record(p.key, p.value)
+            for p in model.metadata_props
+            if p.key.startswith(PLACEHOLDER_RECORD_KEY)
+        )
+    }

@@ -6,7 +6,9 @@ materialized weight contracted in numpy) run :func:`substitute_placeholders`; th
 only in the function that lowers one layer. The pass rebuilds each layer's
 :class:`~adntn_runtime.layer_spec.LayerSpec` from its placeholder, replaces the node by the
 lowering's nodes, drops parameters nothing reads any more, and records in the file's
-metadata how each layer was lowered (``adntn.layer.<name>``), whether the session must keep
+metadata how each layer was lowered (``adntn.layer.<name>``) and, when its cores stay in the
+file, its placeholder (``adntn.placeholder.<name>``, which :func:`restore_placeholders` puts
+back in place of the layer's nodes), whether the session must keep
 constant folding off (``adntn.session_options``) and the IR version.
 """
 
@@ -33,7 +35,9 @@ from adntn_runtime.onnx_format import (
     placeholder_layers,
     placeholder_node,
     placeholder_param_names,
+    read_placeholder_records,
     record_layer_metadata,
+    record_placeholder,
     register_schemas,
     set_metadata,
     spec_from_node,
@@ -45,6 +49,7 @@ __all__ = [
     "lower_model",
     "lower_placeholder",
     "resolve_modes",
+    "restore_placeholders",
     "substitute_placeholders",
 ]
 
@@ -98,6 +103,7 @@ def substitute_placeholders(
     params: set[str] = set()
     no_folding = False
     opset = default_opset(out)
+    records: list[tuple[onnx.NodeProto, list[str]]] = []
     for node in graph.node:
         if not is_placeholder(node):
             nodes.append(node)
@@ -112,8 +118,13 @@ def substitute_placeholders(
         new_inits.extend(lowered.initializers)
         no_folding |= lowered.needs_no_constant_folding
         record_layer_metadata(out, spec, modes[spec.name], **lowered.info, **metadata)
+        records.append((node, [n.name for n in lowered.nodes]))
     used = {name for n in nodes for name in n.input}
     kept = [t for t in graph.initializer if t.name not in params or t.name in used]
+    kept_names = {t.name for t in kept}
+    for node, emitted in records:  # layers whose cores stay in the file can be rebuilt
+        if all(name in kept_names for name in node.input[1:]):
+            record_placeholder(out, node, emitted)
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
@@ -126,6 +137,72 @@ def substitute_placeholders(
         set_metadata(out, SESSION_OPTIONS_KEY, json.dumps(NO_FOLDING_SESSION_OPTIONS))
     out.ir_version = IR_VERSION
     return out
+
+
+def restore_placeholders(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """A copy of a lowered model with each recorded layer's nodes replaced by its placeholder.
+
+    Reads the ``adntn.placeholder.<name>`` records (:func:`~adntn_runtime.onnx_format.
+    read_placeholder_records`). A layer is restored only when its recorded nodes are all in
+    the graph, read nothing from outside but the layer's input and initializers, and nothing
+    outside them reads any of their values but the layer's output; the initializers only
+    they read are dropped. Returns ``(model, restored layer names, notes)``: one note per
+    recorded layer left as it was, saying why.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    notes: list[str] = []
+    restored: list[str] = []
+    for prefix, record in read_placeholder_records(out).items():
+        ph = record.node
+        names = set(record.nodes)
+        drop = [i for i, n in enumerate(graph.node) if n.name in names]
+        inits = {t.name for t in graph.initializer}
+        produced = {v for i in drop for v in graph.node[i].output}
+        inner = produced - {ph.output[0]}
+        outside = [n for i, n in enumerate(graph.node) if i not in set(drop)]
+        reads = {v for i in drop for v in graph.node[i].input if v} - produced
+        problem = None
+        if len(drop) != len(names):
+            problem = f"{len(names) - len(drop)} of its {len(names)} recorded nodes are missing"
+        elif ph.output[0] not in produced:
+            problem = f"no recorded node writes its output {ph.output[0]!r}"
+        elif any(v in inner for n in outside for v in n.input) or any(
+            o.name in inner for o in graph.output
+        ):
+            problem = "a node outside the layer reads one of its inner values"
+        elif not reads <= inits | {ph.input[0]}:
+            problem = f"its nodes read values from outside the layer: {sorted(reads - inits)[:3]}"
+        elif not all(p in inits for p in ph.input[1:]):
+            problem = "a parameter it names is no initializer"
+        if problem is not None:
+            notes.append(f"layer {prefix!r} compiled as exported: {problem}")
+            continue
+        nodes = list(outside)
+        nodes.insert(drop[0], ph)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {v for n in nodes for v in n.input} | {i.name for i in graph.input}
+        keep = [t for t in graph.initializer if t.name in used or t.name not in reads]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        stale = [vi for vi in graph.value_info if vi.name not in inner]
+        del graph.value_info[:]
+        graph.value_info.extend(stale)
+        restored.append(_layer_of(ph))
+    if restored and not any(imp.domain == ADNTN_DOMAIN for imp in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(ADNTN_DOMAIN, 1))
+    return out, restored, notes
+
+
+def _layer_of(node: onnx.NodeProto) -> str:
+    for a in node.attribute:
+        if a.name == "layer":
+            return a.s.decode(errors="replace")
+    return ""
 
 
 def lower_placeholder(
