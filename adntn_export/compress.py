@@ -288,6 +288,7 @@ def compress(
     max_calibration_rows: int = 4096,
     match_norm: bool = True,
     discard_fit_above: float = 0.9,
+    init: str = "svd",
     verbose: bool = False,
     **layer_kwargs: Any,
 ) -> nn.Module:
@@ -311,8 +312,10 @@ def compress(
             the activation-aware term ``||(W - W_d) X||^2``.
         activation_weight: Weight of that term.
         max_calibration_rows: Rows of a Linear layer's captured input kept (evenly spaced).
-        match_norm: After the fit, rescale the generated weight (its linear top core) to
-            the dense weight's Frobenius norm when the fit left it smaller. At extreme
+        match_norm: After a fit from ``init="random"``, rescale the generated weight (its
+            linear top core) to the dense weight's Frobenius norm when the fit left it
+            smaller (a fit from ``init="svd"`` is left as fitted: it is the tree's
+            truncation of the dense weight, and rescaling it would add error). At extreme
             compression the least-squares fit shrinks ``W`` towards zero (relative error
             ~1), which would silence the layer; keeping the dense scale keeps the signal
             (and the gradients) flowing for the fine-tuning that follows.
@@ -320,6 +323,10 @@ def compress(
             (the layer keeps its Kaiming-scale initialisation, ``FitResult.discarded`` is
             set): such a fit has learned nothing about the dense weight, and its cores
             train worse than a fresh initialisation. ``1.0`` or more keeps every fit.
+        init: Where each fit starts: ``"svd"`` (default), the hierarchical SVD of the dense
+            weight (:mod:`adntn_export.svd_init`; exact when the weight is representable
+            with identity activations, so a trained layer keeps what the bond dimensions
+            can hold), or ``"random"``, random cores.
         verbose: Print one line per layer.
         **layer_kwargs: Further ADNTN layer arguments (``num_sites``, ``arity``,
             ``final_activation``, ``bias_bond_dim``, ``mode``, ...) for every chosen layer.
@@ -368,6 +375,7 @@ def compress(
                 lr=lr,
                 calibration=inputs.get(name),
                 activation_weight=act_w,
+                init=init,
                 **kwargs,
             )
         else:
@@ -381,7 +389,7 @@ def compress(
             with torch.no_grad():
                 new.weight_generator.reset_parameters()
             result.discarded = True
-        elif fit and match_norm:
+        elif fit and match_norm and init == "random":
             _match_norm(new, dense.weight.detach())
         new.train(dense.training)
         _set_module(model, name, new)
