@@ -14,7 +14,10 @@ hierarchical SVD of Grasedyck, SIAM J. Matrix Anal. Appl. 31, 2010):
 
 With identity activations the generated weight is then the tree-structured truncation of
 ``W``: exact when ``W`` is representable at these bond dimensions (every matricisation
-along the tree has rank <= its bond), and quasi-optimal otherwise.
+along the tree has rank <= its bond), and quasi-optimal otherwise. When the plan pads
+the weight, the padding is free: it is filled with the reconstruction and the
+decomposition repeated (alternating projections), which recovers a representable weight
+in the cases tested but, the problem being non-convex, is not guaranteed to.
 
 Nonlinear levels start from that linear solution: each activated node's core is scaled
 down until its pre-activation is at most :data:`LINEAR_RANGE` in magnitude, where
@@ -115,7 +118,7 @@ def svd_initialize(
     *,
     seed: int = 0,
     linear_range: float = LINEAR_RANGE,
-    padding_iterations: int = 20,
+    padding_iterations: int = 500,
 ) -> None:
     """Set ``gen``'s cores from ``weight`` (``(out_features, in_features)``) by hierarchical SVD.
 
@@ -140,8 +143,13 @@ def svd_initialize(
     # The padding is free (the generated weight is cropped): fill it with the current
     # reconstruction and decompose again (alternating projections), so a weight the
     # plan represents is recovered exactly even when its shape is padded.
+    previous = float("inf")
     for _ in range(padding_iterations if padded else 0):
         w = _linear_weight(plan, cores)
+        err = float((w[: plan.out_features, : plan.in_features] - target).norm())
+        if err <= 1e-12 * float(target.norm()) or err >= previous * (1 - 1e-7):
+            break  # exact, or no longer improving
+        previous = err
         w[: plan.out_features, : plan.in_features] = target
         cores = _hierarchical_svd(plan, w, rng)
     _to_linear_range(plan, cores, linear_range)
