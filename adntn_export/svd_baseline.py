@@ -11,11 +11,13 @@ compared with.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-__all__ = ["SVDBaseline", "svd_rank_for", "truncated_svd"]
+__all__ = ["SVDBaseline", "svd_baseline_model", "svd_rank_for", "truncated_svd"]
 
 
 def svd_rank_for(shape: tuple[int, int], stored: int) -> int:
@@ -54,3 +56,28 @@ def truncated_svd(weight: torch.Tensor, stored: int) -> SVDBaseline:
         approx = (u[:, :rank] * s[:rank]) @ vh[:rank]
     err = float((approx - w).norm() / w.norm().clamp_min(1e-300))
     return SVDBaseline(rank, rank * sum(w.shape), err, approx.to(weight.dtype))
+
+
+@torch.no_grad()
+def svd_baseline_model(
+    dense: nn.Module, compressed: nn.Module
+) -> tuple[nn.Module, dict[str, SVDBaseline]]:
+    """The dense model with each layer that ``compressed`` replaced by an ADNTN layer given
+    its truncated SVD at the ADNTN layer's stored weight numbers (the bias kept dense).
+
+    Returns:
+        The baseline model (a copy of ``dense``) and ``{module name: SVDBaseline}``.
+    """
+    from adntn_export.layers import ADNTNLayer
+
+    baseline = copy.deepcopy(dense)
+    out: dict[str, SVDBaseline] = {}
+    for name, module in compressed.named_modules():
+        if not isinstance(module, ADNTNLayer):
+            continue
+        target = baseline.get_submodule(name)
+        w = target.weight
+        svd = truncated_svd(w.reshape(w.shape[0], -1), module.stored_weight_parameters)
+        w.copy_(svd.weight.reshape(w.shape).to(w.dtype))
+        out[name] = svd
+    return baseline, out
