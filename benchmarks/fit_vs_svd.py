@@ -272,11 +272,11 @@ def save(path: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layers", default="fc6,fc7,conv5")
+    p.add_argument("--layers", default="conv5,fc6,fc7", help="in the order they run")
     p.add_argument("--ratios", default="100,1000,10,10000", help="in the order they run")
     p.add_argument("--fit-steps", type=int, default=100)
     p.add_argument("--calibration", type=int, default=256, help="training images, no labels")
-    p.add_argument("--random-init", default="100,1000", help="ratios that also fit from random")
+    p.add_argument("--random-init", default="1000", help="ratios that also fit from random")
     p.add_argument("--seed", type=int, default=0, help="the dense model's seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "fit_vs_svd.json")
