@@ -105,12 +105,25 @@ def trained_dense(
         model.eval()
         return model, float(state["train_seconds"])
     log(f"{name} seed {seed}: training dense on {len(train_data)} images for {epochs} epoch(s)")
+    # Checkpoints every 100 steps (cache/<key>.ckpt/last.pt): a stopped training resumes
+    # where it stopped, bit-identical to an uninterrupted run.
+    ckpt = cache / f"{key}.ckpt" if cache else None
     cfg = TrainConfig(
-        epochs=epochs, batch_size=bs, lr=lr, seed=seed, min_lr_ratio=0.05, progress=False
+        epochs=epochs,
+        batch_size=bs,
+        lr=lr,
+        seed=seed,
+        min_lr_ratio=0.05,
+        progress=False,
+        checkpoint_dir=str(ckpt) if ckpt else None,
+        checkpoint_every=100,
+        resume=True,
     )
     torch.manual_seed(seed)
     result = train(Autocast(model, amp), train_data, config=cfg, description=f"{name} dense")
     model.eval()
+    if result.resumed_from_step is not None:
+        log(f"{name} seed {seed}: resumed from step {result.resumed_from_step}")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".pt.tmp")
