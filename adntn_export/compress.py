@@ -305,6 +305,7 @@ def compress(
     max_calibration_rows: int = 4096,
     match_norm: bool = True,
     discard_fit_above: float = 0.9,
+    init: str = "svd",
     verbose: bool = False,
     **layer_kwargs: Any,
 ) -> nn.Module:
@@ -328,12 +329,21 @@ def compress(
             the activation-aware term ``||(W - W_d) X||^2``.
         activation_weight: Weight of that term.
         max_calibration_rows: Rows of a Linear layer's captured input kept (evenly spaced).
-        match_norm: After the fit, rescale the generated weight up to the dense weight's
-            Frobenius norm: at extreme compression the fit shrinks ``W`` towards zero, which
-            would silence the layer (and its gradients) in the fine-tuning that follows.
-        discard_fit_above: Discard a fit whose relative error stays at or above this: it
-            learned nothing, and its cores train worse than the Kaiming-scale initialisation
-            the layer keeps (``FitResult.discarded`` is set). ``1.0`` or more keeps every fit.
+        match_norm: After a fit from ``init="random"``, rescale the generated weight (its
+            linear top core) to the dense weight's Frobenius norm when the fit left it
+            smaller (a fit from ``init="svd"`` is left as fitted: it is the tree's
+            truncation of the dense weight, and rescaling it would add error). At extreme
+            compression the least-squares fit shrinks ``W`` towards zero (relative error
+            ~1), which would silence the layer; keeping the dense scale keeps the signal
+            (and the gradients) flowing for the fine-tuning that follows.
+        discard_fit_above: A fit whose relative error stays at or above this is discarded
+            (the layer keeps its Kaiming-scale initialisation, ``FitResult.discarded`` is
+            set): such a fit has learned nothing about the dense weight, and its cores
+            train worse than a fresh initialisation. ``1.0`` or more keeps every fit.
+        init: Where each fit starts: ``"svd"`` (default), the hierarchical SVD of the dense
+            weight (:mod:`adntn_export.svd_init`; exact when the weight is representable
+            with identity activations, so a trained layer keeps what the bond dimensions
+            can hold), or ``"random"``, random cores.
         verbose: Print one line per layer.
         **layer_kwargs: Further ADNTN layer arguments (``num_sites``, ``arity``,
             ``final_activation``, ``bias_bond_dim``, ``mode``, ...) for every chosen layer.
@@ -358,7 +368,12 @@ def compress(
         chosen,
         defaults,
         fit=fit,
-        fit_args={"steps": fit_steps, "lr": fit_lr, "activation_weight": activation_weight},
+        fit_args={
+            "steps": fit_steps,
+            "lr": fit_lr,
+            "activation_weight": activation_weight,
+            "init": init,
+        },
         calibration=calibration,
         max_calibration_rows=max_calibration_rows,
         match_norm=match_norm,
@@ -436,7 +451,13 @@ def _replacement(
         return new, None
     from_dense = ADNTNLinear.from_linear if isinstance(dense, nn.Linear) else ADNTNConv2d.from_conv
     new, result = from_dense(
-        dense, steps=steps, lr=lr, calibration=calibration, activation_weight=act_w, **kwargs
+        dense,
+        steps=steps,
+        lr=lr,
+        calibration=calibration,
+        activation_weight=act_w,
+        init=fit_args["init"],
+        **kwargs,
     )
     if result.relative_error >= discard_fit_above:
         # The fit captured nothing (typical at >500x on a trained weight): its cores are
@@ -446,7 +467,7 @@ def _replacement(
         with torch.no_grad():
             new.weight_generator.reset_parameters()
         result.discarded = True
-    elif match_norm:
+    elif match_norm and fit_args["init"] == "random":
         _match_norm(new, dense.weight.detach())
     new.train(dense.training)
     return new, result

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from adntn_export.svd_init import INITS, svd_initialize
+
 if TYPE_CHECKING:
     from adntn_export.layers import ADNTNLayer
 
@@ -79,9 +81,13 @@ def fit_layer(
     calibration: torch.Tensor | None = None,
     activation_weight: float = 1.0,
     log_every: int = 0,
+    init: str = "svd",
 ) -> FitResult:
     """Fit ``layer``'s generator to ``weight`` (shape ``(out, in_features_flat)``).
 
+    ``init="svd"`` first sets the cores by hierarchical SVD of ``weight``
+    (:func:`adntn_export.svd_init.svd_initialize`, exact when ``weight`` is representable
+    with identity activations); ``"random"`` starts from the layer's current cores.
     The dense ``bias`` is copied into a dense-bias layer, or fitted by the bias
     generator. Returns a :class:`FitResult`; the layer keeps the best cores seen.
     """
@@ -89,6 +95,8 @@ def fit_layer(
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid inits: {list(INITS)}")
     gen = layer.weight_generator
     plan = gen.plan
     ref = weight.detach().to(dtype=next(gen.parameters()).dtype)
@@ -103,6 +111,8 @@ def fit_layer(
         x_cal = calibration.detach().reshape(-1, plan.in_features).to(ref.dtype)
         ref_act = (x_cal @ ref.T).norm().pow(2).clamp_min(1e-30)
     start = time.perf_counter()
+    if init == "svd":
+        svd_initialize(gen, ref)
     # With a linear top step the weight is linear in the root core, so the fit runs on
     # a unit-scale copy of the target (root divided by the same factor, restored after):
     # Adam's steps are then of the same relative size for the root as for the other

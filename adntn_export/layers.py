@@ -406,6 +406,7 @@ class ADNTNLinear(ADNTNLayer):
         lr: float = 0.02,
         calibration: torch.Tensor | None = None,
         activation_weight: float = 1.0,
+        init: str = "svd",
         **kwargs: object,
     ) -> tuple[ADNTNLinear, FitResult]:
         """Build an ADNTN layer fitted to ``linear``'s weight; returns ``(layer, fit)``.
@@ -413,6 +414,8 @@ class ADNTNLinear(ADNTNLayer):
         ``fit.relative_error`` is ``||W - W_dense||_F / ||W_dense||_F`` after fitting.
         With ``calibration`` inputs ``X`` (``(n, in_features)``) the objective adds the
         activation-aware term ``||(W - W_dense) X^T||^2 / ||W_dense X^T||^2``.
+        ``init``: ``"svd"`` starts the fit from the hierarchical SVD of the weight
+        (:mod:`adntn_export.svd_init`), ``"random"`` from random cores.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
@@ -435,6 +438,7 @@ class ADNTNLinear(ADNTNLayer):
             lr=lr,
             calibration=calibration,
             activation_weight=activation_weight,
+            init=init,
         )
         return layer, fit
 
@@ -572,12 +576,13 @@ class ADNTNConv2d(ADNTNLayer):
         lr: float = 0.02,
         calibration: torch.Tensor | None = None,
         activation_weight: float = 1.0,
+        init: str = "svd",
         **kwargs: object,
     ) -> tuple[ADNTNConv2d, FitResult]:
         """Build an ADNTN convolution fitted to ``conv``'s kernel; returns ``(layer, fit)``.
 
         ``calibration``: input images ``(n, in_channels, H, W)``; their patches make
-        the activation-aware term.
+        the activation-aware term. ``init``: as for :meth:`ADNTNLinear.from_linear`.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"from_conv needs an nn.Conv2d, got {type(conv).__name__}")
@@ -614,5 +619,6 @@ class ADNTNConv2d(ADNTNLayer):
             lr=lr,
             calibration=patches,
             activation_weight=activation_weight,
+            init=init,
         )
         return layer, fit

@@ -5,7 +5,7 @@ Two measurements, each printed as a table and written to ``results/finetune_swee
 1. Training throughput (images/s, median of 4 steps after one warm-up, batch 128) of the
    dense AlexNet-32 and VGG-16-32 in float32 and under bf16 autocast.
 2. Short fine-tuning runs of AlexNet-32 (the trained dense model from
-   ``compression_table.py``'s cache, trained there first when missing): the dense model and
+   ``compression_table_v1.py``'s cache, trained there first when missing): the dense model and
    TTN variants, each fine-tuned end to end exactly as in the table but on the first
    ``--ft-limit`` training images, then tested on all 10,000. The variants change one thing
    at a time: the ADNTN core learning rate, which convolutions are compressed, classifier
@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-import compression_table as table
+import compression_table_v1 as table
 import torch
 import torch.nn.functional as F
 

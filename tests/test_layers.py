@@ -248,9 +248,16 @@ def test_from_linear_fits_a_realisable_weight(network):
     with torch.no_grad():
         dense.weight.copy_(source.dense_weight())
     layer, fit = ADNTNLinear.from_linear(
-        dense, network=network, bond_dim=4, activation="identity", steps=400, lr=0.05
+        dense,
+        network=network,
+        bond_dim=4,
+        activation="identity",
+        steps=400,
+        lr=0.05,
+        init="random",
     )
-    # Gradient fitting of a realisable target: far below the start, not exact (no SVD init).
+    # Gradient fitting of a realisable target from random cores: far below the start, not
+    # exact (init="svd", the default, is exact here: tests/test_svd_init.py).
     assert fit.relative_error < 0.15 and fit.relative_error < fit.initial_relative_error / 4
     assert float(fit) == fit.relative_error
     assert torch.equal(layer.bias, dense.bias)

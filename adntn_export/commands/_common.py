@@ -32,6 +32,15 @@ def add_compress_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bias", choices=("dense", "generated", "none"), help="default dense")
     g.add_argument("--num-sites", type=int, help="sites of the tensor network (default: auto)")
     g.add_argument("--fit-steps", type=int, default=300, help="layer-wise fit steps (default 300)")
+    g.add_argument(
+        "--init",
+        choices=("svd", "random"),
+        default="svd",
+        help=(
+            "start of the layer-wise fit: svd (default; hierarchical SVD of the dense weight, "
+            "exact when the weight is representable) or random cores"
+        ),
+    )
 
 
 def compress_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -50,6 +59,7 @@ def compress_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     kwargs = {k: v for k, v in chosen.items() if v is not None}
     kwargs["fit_steps"] = args.fit_steps
+    kwargs["init"] = args.init
     return kwargs
 
 
