@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -105,72 +105,126 @@ def fit_layer(
             f"weight has shape {tuple(ref.shape)}, the layer generates "
             f"{(plan.out_features, plan.in_features)}"
         )
-    x_cal = None
-    ref_act = None
-    if calibration is not None:
-        x_cal = calibration.detach().reshape(-1, plan.in_features).to(ref.dtype)
-        ref_act = (x_cal @ ref.T).norm().pow(2).clamp_min(1e-30)
     start = time.perf_counter()
-    if init == "svd":
-        svd_initialize(gen, ref)
-    # With a linear top step the weight is linear in the root core, so the fit runs on
-    # a unit-scale copy of the target (root divided by the same factor, restored after):
-    # Adam's steps are then of the same relative size for the root as for the other
-    # cores, which makes the fit converge far more reliably.
-    unit = float(ref.std()) if plan.top_is_linear and ref.numel() > 1 else 1.0
-    unit = unit if unit > 0 else 1.0
+    target = _FitTarget.make(gen, ref, calibration, init)
     with torch.no_grad():
-        ref = ref / unit
-        if x_cal is not None:
-            ref_act = ref_act / unit**2
-        ref_norm = ref.norm().pow(2).clamp_min(1e-30)
-        gen.cores["root"].div_(unit)
-        gen.clear_cache()
-        # Start from the right scale: least-squares scale of the root.
-        if plan.top_is_linear:
-            w0 = gen.weight()
-            scale = float((w0 * ref).sum() / w0.pow(2).sum().clamp_min(1e-30))
-            if scale != 0.0:
-                gen.cores["root"].mul_(scale)
-            gen.clear_cache()
-        initial = _relative_error(gen.weight(), ref)
         if layer.bias is not None and bias is not None:
             layer.bias.copy_(bias.detach())
-
     params = list(gen.parameters())
+    history = _optimise(
+        gen,
+        params,
+        target,
+        steps=steps,
+        lr=lr,
+        log_every=log_every,
+        activation_weight=activation_weight,
+    )
+    final, act_err = target.finish(gen)
+    if layer.bias_generator is not None and bias is not None:
+        _fit_bias(layer, bias.detach(), steps=max(100, steps // 2), lr=lr)
+    return FitResult(final, target.initial, steps, time.perf_counter() - start, act_err, history)
+
+
+@dataclass
+class _FitTarget:
+    """The (unit-scaled) weight a fit aims at, its calibration inputs and norms.
+
+    With a linear top step the weight is linear in the root core, so the fit runs on a
+    unit-scale copy of the target (root divided by the same factor, restored by
+    :meth:`finish`): Adam's steps are then of the same relative size for the root as for
+    the other cores, which makes the fit converge far more reliably.
+    """
+
+    ref: torch.Tensor
+    ref_norm: torch.Tensor
+    x_cal: torch.Tensor | None
+    ref_act: torch.Tensor | None
+    unit: float
+    initial: float
+    best: tuple[float, list[torch.Tensor]] | None = None
+
+    @classmethod
+    def make(
+        cls, gen: Any, ref: torch.Tensor, calibration: torch.Tensor | None, init: str
+    ) -> _FitTarget:
+        plan = gen.plan
+        x_cal = ref_act = None
+        if calibration is not None:
+            x_cal = calibration.detach().reshape(-1, plan.in_features).to(ref.dtype)
+            ref_act = (x_cal @ ref.T).norm().pow(2).clamp_min(1e-30)
+        if init == "svd":
+            svd_initialize(gen, ref)
+        unit = float(ref.std()) if plan.top_is_linear and ref.numel() > 1 else 1.0
+        unit = unit if unit > 0 else 1.0
+        with torch.no_grad():
+            ref = ref / unit
+            if ref_act is not None:
+                ref_act = ref_act / unit**2
+            ref_norm = ref.norm().pow(2).clamp_min(1e-30)
+            gen.cores["root"].div_(unit)
+            gen.clear_cache()
+            if plan.top_is_linear:  # start from the right scale: least-squares root scale
+                w0 = gen.weight()
+                scale = float((w0 * ref).sum() / w0.pow(2).sum().clamp_min(1e-30))
+                if scale != 0.0:
+                    gen.cores["root"].mul_(scale)
+                gen.clear_cache()
+            initial = _relative_error(gen.weight(), ref)
+        return cls(ref, ref_norm, x_cal, ref_act, unit, initial)
+
+    def finish(self, gen: Any) -> tuple[float, float | None]:
+        """Restore the best cores seen and the root's scale; the final weight error and
+        activation error."""
+        with torch.no_grad():
+            if self.best is not None:
+                for p, b in zip(gen.parameters(), self.best[1], strict=True):
+                    p.copy_(b)
+            gen.clear_cache()
+            final = _relative_error(gen.weight(), self.ref)
+            act_err = None
+            if self.x_cal is not None:
+                assert self.ref_act is not None
+                diff = gen.weight() - self.ref
+                act_err = float(((self.x_cal @ diff.T).norm().pow(2) / self.ref_act).sqrt())
+            gen.cores["root"].mul_(self.unit)
+            gen.clear_cache()
+        return final, act_err
+
+
+def _optimise(
+    gen: Any,
+    params: list[torch.Tensor],
+    target: _FitTarget,
+    *,
+    steps: int,
+    lr: float,
+    log_every: int,
+    activation_weight: float,
+) -> list[float]:
+    """Adam with a cosine schedule on the fit's loss; ``target.best`` keeps the best cores
+    seen (by weight error). Returns the weight error of every step."""
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.05)
-    best = (initial, [p.detach().clone() for p in params])
+    target.best = (target.initial, [p.detach().clone() for p in params])
     history: list[float] = []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         w = gen.weight()
-        diff = w - ref
-        loss = diff.pow(2).sum() / ref_norm
-        if x_cal is not None:
-            loss = loss + activation_weight * (x_cal @ diff.T).pow(2).sum() / ref_act
+        diff = w - target.ref
+        loss = diff.pow(2).sum() / target.ref_norm
+        if target.x_cal is not None:
+            loss = loss + activation_weight * (target.x_cal @ diff.T).pow(2).sum() / target.ref_act
         loss.backward()
         opt.step()
         sched.step()
-        err = float(diff.detach().norm() / ref_norm.sqrt())
+        err = float(diff.detach().norm() / target.ref_norm.sqrt())
         history.append(err)
-        if err < best[0]:
-            best = (err, [p.detach().clone() for p in params])
+        if err < target.best[0]:
+            target.best = (err, [p.detach().clone() for p in params])
         if log_every and step % log_every == 0:
             print(f"fit step {step}: relative error {err:.4f}")
-    with torch.no_grad():
-        for p, b in zip(params, best[1], strict=True):
-            p.copy_(b)
-        gen.clear_cache()
-        final = _relative_error(gen.weight(), ref)
-        act_err = None
-        if x_cal is not None:
-            act_err = float(((x_cal @ (gen.weight() - ref).T).norm().pow(2) / ref_act).sqrt())
-        gen.cores["root"].mul_(unit)
-        gen.clear_cache()
-    if layer.bias_generator is not None and bias is not None:
-        _fit_bias(layer, bias.detach(), steps=max(100, steps // 2), lr=lr)
-    return FitResult(final, initial, steps, time.perf_counter() - start, act_err, history)
+    return history
 
 
 def _fit_bias(layer: ADNTNLayer, bias: torch.Tensor, *, steps: int, lr: float) -> None:
