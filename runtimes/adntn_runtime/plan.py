@@ -82,6 +82,59 @@ MAX_BOND = 2**16
 MAX_CORE_ELEMENTS = 2**26
 
 
+def _sites(out_features: int, in_features: int, network: str, num_sites: int | None) -> int:
+    """The number of sites: the caller's (checked), else chosen from the shape."""
+    if num_sites is None:
+        num_sites = choose_num_sites(out_features, in_features)
+        if network == "mera":
+            # A binary MERA needs 8 sites before it differs from an aTTN (below 8
+            # the only disentanglers are those of the physical layer).
+            depth = int(math.log2(out_features * in_features) // 2)
+            num_sites = max(num_sites, min(8, depth))
+    checked = _check_positive_int(num_sites, "num_sites")
+    if checked > MAX_SITES:
+        raise ValueError(
+            f"num_sites={num_sites} is out of range: valid num_sites: 1..{MAX_SITES} (each "
+            f"site adds two legs to the top step, so more sites give a step with more than "
+            "26 distinct legs, beyond the a-z labels of an ONNX Einsum)"
+        )
+    return checked
+
+
+def _bond_dims(bond_dim: int | Sequence[int], n_bonds: int) -> tuple[int, ...]:
+    """One bond dimension per height 0..n_bonds-1, from an int or one int per level."""
+    if isinstance(bond_dim, int) and not isinstance(bond_dim, bool):
+        return (_check_positive_int(bond_dim, "bond_dim", MAX_BOND),) * n_bonds
+    if isinstance(bond_dim, Sequence) and not isinstance(bond_dim, str):
+        bonds = tuple(_check_positive_int(b, "bond_dim", MAX_BOND) for b in bond_dim)
+        if len(bonds) != n_bonds:
+            raise ValueError(
+                f"bond_dim has {len(bonds)} entries but this tree has {n_bonds} bond "
+                f"levels (heights 0..{n_bonds - 1}); pass an int or {n_bonds} ints"
+            )
+        return bonds
+    raise TypeError(f"bond_dim must be an int or a sequence of ints, got {bond_dim!r}")
+
+
+def _activations(activation: str | Sequence[str], height: int) -> tuple[str, ...]:
+    """One activation per internal level (heights 1..height-1), from a name or a list."""
+    n_act = max(height - 1, 0)
+    if isinstance(activation, str):
+        return (check_activation(activation),) * n_act
+    if isinstance(activation, Sequence):
+        acts = tuple(check_activation(a) for a in activation)
+        if len(acts) != n_act:
+            raise ValueError(
+                f"activation has {len(acts)} entries but this tree has {n_act} internal "
+                f"levels (heights 1..{height - 1}); pass one name or {n_act} names"
+            )
+        return acts
+    raise TypeError(
+        f"activation must be a name or a sequence of names from {list(ACTIVATIONS)}, "
+        f"got {activation!r}"
+    )
+
+
 @dataclass(frozen=True)
 class CoreSpec:
     """A stored core: its name, shape, symbolic legs and role."""
@@ -201,20 +254,7 @@ class ADNTNPlan:
                 f"arity must be >= 2 (2 = binary tree) and <= {MAX_ARITY}, got arity={arity}; "
                 f"valid arity: 2..{MAX_ARITY}"
             )
-        if num_sites is None:
-            num_sites = choose_num_sites(self.out_features, self.in_features)
-            if network == "mera":
-                # A binary MERA needs 8 sites before it differs from an aTTN (below 8
-                # the only disentanglers are those of the physical layer).
-                depth = int(math.log2(self.out_features * self.in_features) // 2)
-                num_sites = max(num_sites, min(8, depth))
-        self.num_sites = _check_positive_int(num_sites, "num_sites")
-        if self.num_sites > MAX_SITES:
-            raise ValueError(
-                f"num_sites={num_sites} is out of range: valid num_sites: 1..{MAX_SITES} (each "
-                f"site adds two legs to the top step, so more sites give a step with more than "
-                "26 distinct legs, beyond the a-z labels of an ONNX Einsum)"
-            )
+        self.num_sites = _sites(self.out_features, self.in_features, network, num_sites)
         self.rows_padded, row_f = factorize(self.out_features, self.num_sites)
         self.cols_padded, col_f = factorize(self.in_features, self.num_sites)
         self.row_factors = _interleave(row_f)
@@ -229,35 +269,8 @@ class ADNTNPlan:
         height = self.root.height
         self.height = height
         # Bond dims: one per height 0..H-1 (the root has no output bond).
-        n_bonds = max(height, 1)
-        if isinstance(bond_dim, int) and not isinstance(bond_dim, bool):
-            bonds = [_check_positive_int(bond_dim, "bond_dim", MAX_BOND)] * n_bonds
-        elif isinstance(bond_dim, Sequence) and not isinstance(bond_dim, str):
-            bonds = [_check_positive_int(b, "bond_dim", MAX_BOND) for b in bond_dim]
-            if len(bonds) != n_bonds:
-                raise ValueError(
-                    f"bond_dim has {len(bonds)} entries but this tree has {n_bonds} bond "
-                    f"levels (heights 0..{n_bonds - 1}); pass an int or {n_bonds} ints"
-                )
-        else:
-            raise TypeError(f"bond_dim must be an int or a sequence of ints, got {bond_dim!r}")
-        self.bond_dims = tuple(bonds)
-        n_act = max(height - 1, 0)
-        if isinstance(activation, str):
-            acts = [check_activation(activation)] * n_act
-        elif isinstance(activation, Sequence):
-            acts = [check_activation(a) for a in activation]
-            if len(acts) != n_act:
-                raise ValueError(
-                    f"activation has {len(acts)} entries but this tree has {n_act} internal "
-                    f"levels (heights 1..{height - 1}); pass one name or {n_act} names"
-                )
-        else:
-            raise TypeError(
-                f"activation must be a name or a sequence of names from {list(ACTIVATIONS)}, "
-                f"got {activation!r}"
-            )
-        self.activations = tuple(acts)
+        self.bond_dims = _bond_dims(bond_dim, max(height, 1))
+        self.activations = _activations(activation, height)
         if disentangler_rank is not None:
             _check_positive_int(disentangler_rank, "disentangler_rank", MAX_BOND)
         self.disentangler_rank = disentangler_rank
