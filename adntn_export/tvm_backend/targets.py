@@ -19,26 +19,23 @@ Kind = Literal["cpu", "cuda", "opencl"]
 #: Debian package that provides each cross-compiler we use.
 CROSS_COMPILER_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
 
-_A72 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a72",
-    "mattr": ["+neon"],
-    "num-cores": 4,
-}
-_A76 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a76",
-    "mattr": ["+neon", "+dotprod", "+fullfp16"],
-    "num-cores": 4,
-}
-_A78 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a78",
-    "mattr": ["+neon", "+dotprod", "+fullfp16"],
-}
+
+def _cortex(mcpu: str, mattr: list[str], cores: int | None = None) -> dict[str, Any]:
+    """LLVM target dict of an aarch64 Linux Cortex CPU."""
+    attrs: dict[str, Any] = {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": mcpu,
+        "mattr": mattr,
+    }
+    if cores is not None:
+        attrs["num-cores"] = cores
+    return attrs
+
+
+_A72 = _cortex("cortex-a72", ["+neon"], cores=4)
+_A76 = _cortex("cortex-a76", ["+neon", "+dotprod", "+fullfp16"], cores=4)
+_A78 = _cortex("cortex-a78", ["+neon", "+dotprod", "+fullfp16"])
 _ORIN_GPU = {
     "kind": "cuda",
     "arch": "sm_87",
