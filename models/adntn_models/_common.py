@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["check_positive", "fc_shapes", "resolve_variant"]
+import torch
+from torch import nn
+
+__all__ = ["PooledClassifier", "check_positive", "fc_shapes", "resolve_variant"]
 
 
 def check_positive(name: str, value: int) -> int:
@@ -44,3 +47,21 @@ def fc_shapes(
         "fc7": (hidden, hidden),
         "fc8": (num_classes, hidden),
     }
+
+
+class PooledClassifier(nn.Module):
+    """torchvision's ``features`` -> ``avgpool`` -> ``flatten`` -> ``classifier`` layout.
+
+    Subclasses (AlexNet, VGG) build the three modules; the forward pass is this one.
+    """
+
+    features: nn.Module
+    avgpool: nn.Module
+    classifier: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)

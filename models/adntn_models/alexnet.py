@@ -36,10 +36,9 @@ Convolutions, by module name, as in :data:`CONV_LAYERS`: ``conv1`` ... ``conv5``
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ._common import check_positive, fc_shapes, resolve_variant
+from ._common import PooledClassifier, check_positive, fc_shapes, resolve_variant
 
 __all__ = [
     "CONV_LAYERS",
@@ -93,7 +92,7 @@ def _trunk(variant: str, in_channels: int) -> nn.Sequential:
     )
 
 
-class AlexNet(nn.Module):
+class AlexNet(PooledClassifier):
     """AlexNet with torchvision's module names; see the module docstring for the layers.
 
     Attributes:
@@ -142,13 +141,6 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(_HIDDEN, num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
 
 
 def alexnet(

@@ -36,10 +36,9 @@ model's ``conv_layers`` (name -> module path; the paths shift with ``batch_norm`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ._common import check_positive, fc_shapes, resolve_variant
+from ._common import PooledClassifier, check_positive, fc_shapes, resolve_variant
 
 __all__ = [
     "FC_LAYERS",
@@ -89,7 +88,7 @@ def _trunk(in_channels: int, batch_norm: bool) -> tuple[nn.Sequential, dict[str,
     return nn.Sequential(*layers), names
 
 
-class VGG(nn.Module):
+class VGG(PooledClassifier):
     """VGG-16 with torchvision's module names; see the module docstring for the layers.
 
     Attributes:
@@ -154,13 +153,6 @@ class VGG(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
 
 
 def vgg16(
