@@ -53,6 +53,7 @@ from torch import nn
 
 from adntn_export.layers import ADNTNLayer
 from adntn_runtime.files import atomic_write
+from adntn_runtime.modes import missing_and_unknown
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -475,8 +476,7 @@ def _from_spec(
 def _check_sizes(where: str, meta: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     """Compare the meta-device architecture with the stored tensors before any allocation."""
     expected = meta.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
+    missing, unexpected = missing_and_unknown(expected, tensors)
     if missing or unexpected:
         raise CheckpointError(
             f"{where}: the state dict does not fit the architecture: missing {missing[:8]}, "

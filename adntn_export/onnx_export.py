@@ -69,15 +69,17 @@ _LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 # ---------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("adntn_onnx::linear_placeholder", mutates_args=())
-def _linear_placeholder(x: torch.Tensor, layer: str, out_features: int) -> torch.Tensor:
+# Each op's one function is both its eager kernel and its fake (shape-only) kernel: zeros of
+# the output shape (a fake tensor while tracing).
+def _linear_zeros(x: torch.Tensor, layer: str, out_features: int) -> torch.Tensor:
     """Stands for an ADNTN linear layer during export; eager calls return zeros."""
     return x.new_zeros(*x.shape[:-1], out_features)
 
 
-@_linear_placeholder.register_fake
-def _(x: torch.Tensor, layer: str, out_features: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], out_features)
+_linear_placeholder = torch.library.custom_op(
+    "adntn_onnx::linear_placeholder", _linear_zeros, mutates_args=()
+)
+_linear_placeholder.register_fake(_linear_zeros)
 
 
 def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -98,8 +100,7 @@ def _conv_output_shape(
     return (x.shape[0], out_channels, h, w)
 
 
-@torch.library.custom_op("adntn_onnx::conv2d_placeholder", mutates_args=())
-def _conv2d_placeholder(
+def _conv2d_zeros(
     x: torch.Tensor,
     layer: str,
     out_channels: int,
@@ -112,17 +113,10 @@ def _conv2d_placeholder(
     return x.new_zeros(_conv_output_shape(x, out_channels, kernel, stride, padding, dilation))
 
 
-@_conv2d_placeholder.register_fake
-def _(
-    x: torch.Tensor,
-    layer: str,
-    out_channels: int,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-) -> torch.Tensor:
-    return x.new_empty(_conv_output_shape(x, out_channels, kernel, stride, padding, dilation))
+_conv2d_placeholder = torch.library.custom_op(
+    "adntn_onnx::conv2d_placeholder", _conv2d_zeros, mutates_args=()
+)
+_conv2d_placeholder.register_fake(_conv2d_zeros)
 
 
 def _register_trace_schema() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from adntn_export.commands._args import add_allow_nonfinite
 from adntn_export.commands._common import check_output_dir
 from adntn_runtime.modes import LoweringMode
 
@@ -93,11 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=D0,D1",
         help="static shape for a dynamic input (repeatable)",
     )
-    p.add_argument(
-        "--allow-nonfinite",
-        action="store_true",
-        help="compile a model whose ADNTN layers hold NaN/Inf (refused by default)",
-    )
+    add_allow_nonfinite(p, "compile a model whose ADNTN layers hold NaN/Inf")
     p.add_argument(
         "--with-runner",
         action="store_true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from adntn_export.commands._args import add_allow_nonfinite
 from adntn_export.commands._common import check_number, check_output_file
 from adntn_runtime.modes import ExportMode
 
@@ -40,11 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--static-batch", action="store_true", help="fix the batch dimension (default: dynamic)"
     )
-    parser.add_argument(
-        "--allow-nonfinite",
-        action="store_true",
-        help="load and export a checkpoint holding NaN/Inf (refused by default)",
-    )
+    add_allow_nonfinite(parser, "load and export a checkpoint holding NaN/Inf")
     parser.set_defaults(handler=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from adntn_export.commands._args import add_allow_nonfinite
 from adntn_export.commands._common import check_output_file
 from adntn_runtime.activations import ACTIVATIONS
 from adntn_runtime.plan import NETWORKS
@@ -27,11 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size for the cost table")
     p.add_argument("--checkpoint", type=Path, help="a model saved by adntn (train/compress)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    p.add_argument(
-        "--allow-nonfinite",
-        action="store_true",
-        help="read a --checkpoint holding NaN/Inf (refused by default)",
-    )
+    add_allow_nonfinite(p, "read a --checkpoint holding NaN/Inf")
     p.set_defaults(handler=run)
 
 

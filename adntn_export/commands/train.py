@@ -18,6 +18,11 @@ from adntn_export.commands._common import (
 )
 
 
+def _add_loss_weight(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A weight of an extra loss term (``WEIGHT``, default 0: the term is off)."""
+    p.add_argument(flag, type=float, default=0.0, metavar="WEIGHT", help=help)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``train`` verb."""
     p = subparsers.add_parser(
@@ -41,21 +46,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--core-lr", type=float, help="learning rate of ADNTN cores (default --lr)")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--distill",
-        type=float,
-        default=0.0,
-        metavar="WEIGHT",
-        help="distillation weight in [0, 1] (needs compression flags)",
-    )
+    _add_loss_weight(p, "--distill", "distillation weight in [0, 1] (needs compression flags)")
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument(
-        "--reconstruction",
-        type=float,
-        default=0.0,
-        metavar="WEIGHT",
-        help="weight of the activation-aware reconstruction term",
-    )
+    _add_loss_weight(p, "--reconstruction", "weight of the activation-aware reconstruction term")
     p.add_argument("--checkpoint-dir", help="write training checkpoints (last.pt) here")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also every N steps")
     p.add_argument(

@@ -19,26 +19,23 @@ Kind = Literal["cpu", "cuda", "opencl"]
 #: Debian package that provides each cross-compiler we use.
 CROSS_COMPILER_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
 
-_A72 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a72",
-    "mattr": ["+neon"],
-    "num-cores": 4,
-}
-_A76 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a76",
-    "mattr": ["+neon", "+dotprod", "+fullfp16"],
-    "num-cores": 4,
-}
-_A78 = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a78",
-    "mattr": ["+neon", "+dotprod", "+fullfp16"],
-}
+
+def _cortex(mcpu: str, mattr: list[str], cores: int | None = None) -> dict[str, Any]:
+    """LLVM target dict of an aarch64 Linux Cortex CPU."""
+    attrs: dict[str, Any] = {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": mcpu,
+        "mattr": mattr,
+    }
+    if cores is not None:
+        attrs["num-cores"] = cores
+    return attrs
+
+
+_A72 = _cortex("cortex-a72", ["+neon"], cores=4)
+_A76 = _cortex("cortex-a76", ["+neon", "+dotprod", "+fullfp16"], cores=4)
+_A78 = _cortex("cortex-a78", ["+neon", "+dotprod", "+fullfp16"])
 _ORIN_GPU = {
     "kind": "cuda",
     "arch": "sm_87",
@@ -151,6 +148,34 @@ def _cross(arch: str) -> str | None:
     return None if arch == _machine_arch() else f"{arch}-linux-gnu-g++"
 
 
+def _board(
+    name: str, kind: Kind, description: str, target: dict[str, Any], host: dict[str, Any] | None
+) -> TargetSpec:
+    """An aarch64 board: built natively on aarch64, cross-compiled from anywhere else."""
+    return TargetSpec(
+        name=name,
+        target=dict(target),
+        host=None if host is None else dict(host),
+        cross_compiler=_cross("aarch64"),
+        kind=kind,
+        description=description,
+        arch="aarch64",
+    )
+
+
+def _mobile_opencl(device: str, shared_memory: int, **attrs: Any) -> dict[str, Any]:
+    """OpenCL target dict of a mobile GPU: 256 threads a block, no warps."""
+    return {
+        "kind": "opencl",
+        "device": device,
+        "max_num_threads": 256,
+        "max_threads_per_block": 256,
+        "thread_warp_size": 1,
+        "max_shared_memory_per_block": shared_memory,
+        **attrs,
+    }
+
+
 _REGISTRY: dict[str, TargetSpec] = {
     spec.name: spec
     for spec in [
@@ -163,79 +188,55 @@ _REGISTRY: dict[str, TargetSpec] = {
             description="This machine's CPU (LLVM, mcpu detected at compile time).",
             arch=_machine_arch(),
         ),
-        TargetSpec(
-            name="rpi4",
-            target=dict(_A72),
-            host=None,
-            cross_compiler=_cross("aarch64"),
-            kind="cpu",
-            description="Raspberry Pi 4B: 4x Cortex-A72, NEON "
-            "(as TVM tag raspberry-pi/4b-aarch64).",
-            arch="aarch64",
+        _board(
+            "rpi4",
+            "cpu",
+            "Raspberry Pi 4B: 4x Cortex-A72, NEON (as TVM tag raspberry-pi/4b-aarch64).",
+            _A72,
+            None,
         ),
-        TargetSpec(
-            name="rpi5",
-            target=dict(_A76),
-            host=None,
-            cross_compiler=_cross("aarch64"),
-            kind="cpu",
-            description="Raspberry Pi 5: 4x Cortex-A76, NEON + dotprod + fp16 (no TVM tag).",
-            arch="aarch64",
+        _board(
+            "rpi5",
+            "cpu",
+            "Raspberry Pi 5: 4x Cortex-A76, NEON + dotprod + fp16 (no TVM tag).",
+            _A76,
+            None,
         ),
-        TargetSpec(
-            name="jetson-orin-nano",
-            target=dict(_ORIN_GPU),
-            host={**_A78, "num-cores": 6},
-            cross_compiler=_cross("aarch64"),
-            kind="cuda",
-            description="Jetson Orin Nano: Ampere sm_87 GPU, 6x Cortex-A78AE host "
+        _board(
+            "jetson-orin-nano",
+            "cuda",
+            "Jetson Orin Nano: Ampere sm_87 GPU, 6x Cortex-A78AE host "
             "(TVM's tag says carmel, which is wrong).",
-            arch="aarch64",
+            _ORIN_GPU,
+            {**_A78, "num-cores": 6},
         ),
-        TargetSpec(
-            name="jetson-orin-agx",
-            target=dict(_ORIN_GPU),
-            host={**_A78, "num-cores": 12},
-            cross_compiler=_cross("aarch64"),
-            kind="cuda",
-            description="Jetson AGX Orin: Ampere sm_87 GPU, 12x Cortex-A78AE host.",
-            arch="aarch64",
+        _board(
+            "jetson-orin-agx",
+            "cuda",
+            "Jetson AGX Orin: Ampere sm_87 GPU, 12x Cortex-A78AE host.",
+            _ORIN_GPU,
+            {**_A78, "num-cores": 12},
         ),
-        TargetSpec(
-            name="mali",
-            target={
-                "kind": "opencl",
-                "device": "mali",
-                "max_num_threads": 256,
-                "max_threads_per_block": 256,
-                "thread_warp_size": 1,
-                "max_shared_memory_per_block": 32768,
-            },
-            host=dict(_A76),
-            cross_compiler=_cross("aarch64"),
-            kind="opencl",
-            description="ARM Mali GPU via OpenCL (-device=mali; no TVM tag), Cortex-A76 host.",
-            arch="aarch64",
+        _board(
+            "mali",
+            "opencl",
+            "ARM Mali GPU via OpenCL (-device=mali; no TVM tag), Cortex-A76 host.",
+            _mobile_opencl("mali", 32768),
+            _A76,
         ),
-        TargetSpec(
-            name="adreno",
-            target={
-                "kind": "opencl",
-                "device": "adreno",
-                "max_num_threads": 256,
-                "max_threads_per_block": 256,
-                "thread_warp_size": 1,
-                "max_shared_memory_per_block": 16384,
-                "texture_spatial_limit": 16384,
-                "texture_depth_limit": 2048,
-                "image_base_address_alignment": 64,
-            },
-            host=dict(_A76),
-            cross_compiler=_cross("aarch64"),
-            kind="opencl",
-            description="Qualcomm Adreno GPU via OpenCL (as TVM tag qcom/adreno-opencl), "
+        _board(
+            "adreno",
+            "opencl",
+            "Qualcomm Adreno GPU via OpenCL (as TVM tag qcom/adreno-opencl), "
             "Kryo (Cortex-A76-class) host.",
-            arch="aarch64",
+            _mobile_opencl(
+                "adreno",
+                16384,
+                texture_spatial_limit=16384,
+                texture_depth_limit=2048,
+                image_base_address_alignment=64,
+            ),
+            _A76,
         ),
     ]
 }

@@ -36,8 +36,9 @@ Convolutions, by module name, as in :data:`CONV_LAYERS`: ``conv1`` ... ``conv5``
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from ._common import PooledClassifier, check_positive, fc_shapes, resolve_variant
 
 __all__ = [
     "CONV_LAYERS",
@@ -61,27 +62,12 @@ CONV_LAYERS: dict[str, str] = {
     "conv5": "features.10",
 }
 
-#: Valid ``variant`` values.
-VARIANTS: tuple[str, ...] = ("imagenet", "cifar")
-
 _HIDDEN = 4096
 _LAST_CHANNELS = 256
 # variant -> (input side, pooled side of the trunk output, default num_classes)
 _GEOMETRY: dict[str, tuple[int, int, int]] = {"imagenet": (224, 6, 1000), "cifar": (32, 3, 10)}
-
-
-def _check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown AlexNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-        )
-    return variant
-
-
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+#: Valid ``variant`` values.
+VARIANTS: tuple[str, ...] = tuple(_GEOMETRY)
 
 
 def _trunk(variant: str, in_channels: int) -> nn.Sequential:
@@ -106,7 +92,7 @@ def _trunk(variant: str, in_channels: int) -> nn.Sequential:
     )
 
 
-class AlexNet(nn.Module):
+class AlexNet(PooledClassifier):
     """AlexNet with torchvision's module names; see the module docstring for the layers.
 
     Attributes:
@@ -138,12 +124,8 @@ class AlexNet(nn.Module):
             ValueError: On an unknown variant or a non-positive size.
         """
         super().__init__()
-        _check_variant(variant)
-        side, pooled, default_classes = _GEOMETRY[variant]
-        num_classes = _check_positive(
-            "num_classes", default_classes if num_classes is None else num_classes
-        )
-        _check_positive("in_channels", in_channels)
+        side, pooled, num_classes = resolve_variant("AlexNet", variant, _GEOMETRY, num_classes)
+        check_positive("in_channels", in_channels)
         self.variant = variant
         self.input_shape: tuple[int, int, int] = (in_channels, side, side)
         self.fc_layers: dict[str, str] = dict(FC_LAYERS)
@@ -159,13 +141,6 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(_HIDDEN, num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
 
 
 def alexnet(
@@ -218,13 +193,5 @@ def alexnet_fc_shapes(
     Returns:
         ``{"fc6": (4096, 9216), "fc7": (4096, 4096), "fc8": (1000, 4096)}`` for the default.
     """
-    _check_variant(variant)
-    _, pooled, default_classes = _GEOMETRY[variant]
-    classes = _check_positive(
-        "num_classes", default_classes if num_classes is None else num_classes
-    )
-    return {
-        "fc6": (_HIDDEN, _LAST_CHANNELS * pooled * pooled),
-        "fc7": (_HIDDEN, _HIDDEN),
-        "fc8": (classes, _HIDDEN),
-    }
+    _, pooled, classes = resolve_variant("AlexNet", variant, _GEOMETRY, num_classes)
+    return fc_shapes(_LAST_CHANNELS, pooled, _HIDDEN, classes)

@@ -25,13 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._common import check_positive
+
 __all__ = ["MLP", "SmallCNN", "mlp", "small_cnn"]
-
-
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class MLP(nn.Module):
@@ -63,9 +59,9 @@ class MLP(nn.Module):
             ValueError: On a non-positive size.
         """
         super().__init__()
-        widths = [_check_positive("in_features", in_features)]
-        widths += [_check_positive("hidden size", h) for h in hidden_sizes]
-        widths.append(_check_positive("num_classes", num_classes))
+        widths = [check_positive("in_features", in_features)]
+        widths += [check_positive("hidden size", h) for h in hidden_sizes]
+        widths.append(check_positive("num_classes", num_classes))
         layers: list[nn.Module] = []
         self.fc_layers: dict[str, str] = {}
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
@@ -113,9 +109,9 @@ class SmallCNN(nn.Module):
             ValueError: On a non-positive size or an image smaller than 4x4.
         """
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        c1, c2 = (_check_positive("channels", c) for c in channels)
-        if _check_positive("image_size", image_size) < 4:
+        check_positive("in_channels", in_channels)
+        c1, c2 = (check_positive("channels", c) for c in channels)
+        if check_positive("image_size", image_size) < 4:
             raise ValueError(f"image_size must be at least 4, got {image_size}")
         side = image_size // 2 // 2
         self.input_shape: tuple[int, int, int] = (in_channels, image_size, image_size)
@@ -129,10 +125,10 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(c2 * side * side, _check_positive("hidden", hidden)),
+            nn.Linear(c2 * side * side, check_positive("hidden", hidden)),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(hidden, _check_positive("num_classes", num_classes)),
+            nn.Linear(hidden, check_positive("num_classes", num_classes)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +156,8 @@ def mlp(
     Returns:
         A freshly initialised :class:`MLP` whose ``input_shape`` is ``(C, H, W)``.
     """
-    _check_positive("image_size", image_size)
-    _check_positive("in_channels", in_channels)
+    check_positive("image_size", image_size)
+    check_positive("in_channels", in_channels)
     model = MLP(in_channels * image_size * image_size, hidden_sizes, num_classes, dropout=dropout)
     model.input_shape = (in_channels, image_size, image_size)
     return model

@@ -36,8 +36,9 @@ model's ``conv_layers`` (name -> module path; the paths shift with ``batch_norm`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from ._common import PooledClassifier, check_positive, fc_shapes, resolve_variant
 
 __all__ = [
     "FC_LAYERS",
@@ -52,9 +53,6 @@ __all__ = [
 #: Name of each fully connected layer -> its module path inside :class:`VGG`.
 FC_LAYERS: dict[str, str] = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 
-#: Valid ``variant`` values.
-VARIANTS: tuple[str, ...] = ("imagenet", "cifar")
-
 #: VGG-16 trunk: output channels of each 3x3 conv, ``"M"`` for a 2x2 max-pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
@@ -64,20 +62,8 @@ _HIDDEN = 4096
 _LAST_CHANNELS = 512
 # variant -> (input side, pooled side of the trunk output, default num_classes)
 _GEOMETRY: dict[str, tuple[int, int, int]] = {"imagenet": (224, 7, 1000), "cifar": (32, 1, 10)}
-
-
-def _check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown VGG-16 variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-        )
-    return variant
-
-
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+#: Valid ``variant`` values.
+VARIANTS: tuple[str, ...] = tuple(_GEOMETRY)
 
 
 def _trunk(in_channels: int, batch_norm: bool) -> tuple[nn.Sequential, dict[str, str]]:
@@ -102,7 +88,7 @@ def _trunk(in_channels: int, batch_norm: bool) -> tuple[nn.Sequential, dict[str,
     return nn.Sequential(*layers), names
 
 
-class VGG(nn.Module):
+class VGG(PooledClassifier):
     """VGG-16 with torchvision's module names; see the module docstring for the layers.
 
     Attributes:
@@ -136,12 +122,8 @@ class VGG(nn.Module):
             ValueError: On an unknown variant or a non-positive size.
         """
         super().__init__()
-        _check_variant(variant)
-        side, pooled, default_classes = _GEOMETRY[variant]
-        num_classes = _check_positive(
-            "num_classes", default_classes if num_classes is None else num_classes
-        )
-        _check_positive("in_channels", in_channels)
+        side, pooled, num_classes = resolve_variant("VGG-16", variant, _GEOMETRY, num_classes)
+        check_positive("in_channels", in_channels)
         self.variant = variant
         self.input_shape: tuple[int, int, int] = (in_channels, side, side)
         self.fc_layers: dict[str, str] = dict(FC_LAYERS)
@@ -171,13 +153,6 @@ class VGG(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
 
 
 def vgg16(
@@ -239,13 +214,5 @@ def vgg16_fc_shapes(
     Returns:
         ``{"fc6": (4096, 25088), "fc7": (4096, 4096), "fc8": (1000, 4096)}`` for the default.
     """
-    _check_variant(variant)
-    _, pooled, default_classes = _GEOMETRY[variant]
-    classes = _check_positive(
-        "num_classes", default_classes if num_classes is None else num_classes
-    )
-    return {
-        "fc6": (_HIDDEN, _LAST_CHANNELS * pooled * pooled),
-        "fc7": (_HIDDEN, _HIDDEN),
-        "fc8": (classes, _HIDDEN),
-    }
+    _, pooled, classes = resolve_variant("VGG-16", variant, _GEOMETRY, num_classes)
+    return fc_shapes(_LAST_CHANNELS, pooled, _HIDDEN, classes)

@@ -340,17 +340,6 @@ def _plan_tvm(
     return plan
 
 
-def _load_onnx(path: Path) -> Any:
-    import onnx
-
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist or is not a file")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(path)!r} is not a valid ONNX model file ({exc})") from None
-
-
 def _plan_ort(
     path: Path,
     common: dict[str, Any],
@@ -363,8 +352,10 @@ def _plan_ort(
 
     from adntn_runtime import onnx_lowering as lowering
     from adntn_runtime.calibration import sha256_file
+    from adntn_runtime.files import read_onnx
 
-    model = _load_onnx(path)
+    # The one ONNX reader; NaN/Inf is left to each configuration's own load, as before.
+    model = read_onnx(path, allow_nonfinite=True)
     plan = _Plan(model_bytes=path.stat().st_size, sha256=sha256_file(path))
     base = {**common, "path": str(path)}
     if not lowering.placeholder_layers(model):

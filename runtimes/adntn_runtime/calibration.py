@@ -162,15 +162,24 @@ class CalibrationCache:
             self._dirty = False
 
 
-def _session(model: Any, threads: int, *, folding: bool = True) -> Any:
+def _session_options(threads: int, config: dict[str, str]) -> Any:
+    """Quiet ORT options for a measurement: ``threads`` intra-op, one inter-op, ``config``."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if not folding:
-        so.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def _session(model: Any, threads: int, *, folding: bool = True) -> Any:
+    import onnxruntime as ort
+
+    config = {} if folding else {"optimization.disable_specified_optimizers": "ConstantFolding"}
+    so = _session_options(threads, config)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -194,12 +203,7 @@ def _gemm_session(m: int, n: int, threads: int, *, prepack: bool = True) -> Any:
     graph = helper.make_graph([node], "gemm", [x], [y], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if not prepack:
-        so.add_session_config_entry("session.disable_prepacking", "1")
+    so = _session_options(threads, {} if prepack else {"session.disable_prepacking": "1"})
     with tempfile.TemporaryDirectory(prefix="adntn-rates-") as tmp:
         with open(Path(tmp) / "w.bin", "wb") as f:
             rows = max(1, (1 << 22) // (4 * n))

@@ -18,10 +18,11 @@ valid choices and, when the value came from the command line, the flag.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import TypeVar
 
-__all__ = ["ExportMode", "LoweringMode", "Mode", "parse_mode"]
+__all__ = ["ExportMode", "LoweringMode", "Mode", "missing_and_unknown", "parse_mode"]
 
 
 class Mode(StrEnum):
@@ -67,3 +68,17 @@ def parse_mode(value: object, kind: type[E], *, name: str = "mode") -> E:
     except ValueError:
         choices = " | ".join(m.value for m in kind)
         raise ValueError(f"{name}={value!r} is not a valid mode; choose one of {choices}") from None
+
+
+def missing_and_unknown(
+    expected: Iterable[str], given: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The expected names that ``given`` lacks, and the given names nobody expects, in order.
+
+    The one check behind every "name each layer / input exactly" boundary (per-layer modes,
+    session inputs, checkpoint tensors); each caller words its own error.
+    """
+    expected = list(expected)
+    given = list(given)
+    want, have = set(expected), set(given)
+    return [n for n in expected if n not in have], [n for n in given if n not in want]

@@ -59,7 +59,7 @@ from onnx import TensorProto, helper, numpy_helper
 from adntn_runtime.files import read_onnx
 from adntn_runtime.layer_lowering import LoweredLayer
 from adntn_runtime.layer_spec import LayerSpec
-from adntn_runtime.modes import Mode, parse_mode
+from adntn_runtime.modes import Mode, missing_and_unknown, parse_mode
 from adntn_runtime.onnx_format import (
     SESSION_OPTIONS_KEY,
     is_placeholder,
@@ -426,8 +426,7 @@ class Session:
                 )
             feeds = {names[0]: inputs}
         elif isinstance(inputs, Mapping):
-            missing = [n for n in names if n not in inputs]
-            unknown = [n for n in inputs if n not in names]
+            missing, unknown = missing_and_unknown(names, inputs)
             if missing or unknown:
                 raise ValueError(
                     f"inputs must name the model's inputs {names}: missing {missing}, "

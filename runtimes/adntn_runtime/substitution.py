@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adntn_runtime.layer_lowering import LoweredLayer, lower_layer
 from adntn_runtime.layer_spec import LayerSpec
-from adntn_runtime.modes import E, ExportMode, LoweringMode, parse_mode
+from adntn_runtime.modes import E, ExportMode, LoweringMode, missing_and_unknown, parse_mode
 from adntn_runtime.onnx_format import (
     ADNTN_DOMAIN,
     IR_VERSION,
@@ -69,8 +69,7 @@ def resolve_modes(
     if not isinstance(modes, Mapping):
         mode = parse_mode(modes, kind, name=name)
         return dict.fromkeys(names, mode)
-    missing = [n for n in names if n not in modes]
-    unknown = [n for n in modes if n not in names]
+    missing, unknown = missing_and_unknown(names, modes)
     if missing or unknown:
         raise ValueError(
             f"{name} must name every ADNTN layer of the model exactly: missing {missing}, "
