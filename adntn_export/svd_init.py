@@ -208,21 +208,30 @@ def _hierarchical_svd(
     return cores
 
 
+def _linear_value(
+    node: TreeNode,
+    cores: dict[str, torch.Tensor],
+    record: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The value of ``node`` with identity activations: ``(its sites' physical entries) x
+    bond``; with ``record``, every internal node's value is stored there by name."""
+    if node.is_leaf:
+        c = cores[node.name]
+        return c.reshape(-1, c.shape[-1])
+    acc = _linear_value(node.children[0], cores, record)
+    for child in node.children[1:]:
+        v = _linear_value(child, cores, record)
+        acc = torch.einsum("ab,cd->acbd", acc, v).reshape(acc.shape[0] * v.shape[0], -1)
+    out = acc @ cores[node.name].reshape(acc.shape[1], -1)
+    if record is not None:
+        record[node.name] = out
+    return out
+
+
 def _linear_weight(plan: ADNTNPlan, cores: dict[str, torch.Tensor]) -> torch.Tensor:
     """The padded weight the tree cores make with identity activations."""
     k_sites = plan.num_sites
-
-    def value(node: TreeNode) -> torch.Tensor:
-        if node.is_leaf:
-            c = cores[node.name]
-            return c.reshape(-1, c.shape[-1])
-        acc = value(node.children[0])
-        for child in node.children[1:]:
-            v = value(child)
-            acc = torch.einsum("ab,cd->acbd", acc, v).reshape(acc.shape[0] * v.shape[0], -1)
-        return acc @ cores[node.name].reshape(acc.shape[1], -1)
-
-    t = value(plan.root).reshape(
+    t = _linear_value(plan.root, cores).reshape(
         *(d for k in range(k_sites) for d in (plan.row_factors[k], plan.col_factors[k]))
     )
     t = t.permute(*range(0, 2 * k_sites, 2), *range(1, 2 * k_sites, 2))
@@ -240,24 +249,9 @@ def _walk(node: TreeNode) -> list[TreeNode]:
 def _to_linear_range(plan: ADNTNPlan, cores: dict[str, torch.Tensor], linear_range: float) -> None:
     """Scale activated nodes into their activation's near-linear range, compensating the parent."""
     values: dict[str, torch.Tensor] = {}
-
-    def value(node: TreeNode) -> torch.Tensor:
-        """The linear value of ``node``: ``(its sites' physical entries) x bond``."""
-        if node.is_leaf:
-            c = cores[node.name]
-            return c.reshape(-1, c.shape[-1])
-        acc = value(node.children[0])
-        for child in node.children[1:]:
-            v = value(child)
-            acc = torch.einsum("ab,cd->acbd", acc, v).reshape(acc.shape[0] * v.shape[0], -1)
-        core = cores[node.name]
-        out = acc @ core.reshape(acc.shape[1], -1)
-        values[node.name] = out
-        return out
-
     for child in plan.root.children:
         if not child.is_leaf:
-            value(child)
+            _linear_value(child, cores, values)
     parents = {c.name: n.name for n in _walk(plan.root) for c in n.children}
     for node in _walk(plan.root):
         if node.is_leaf or node is plan.root:

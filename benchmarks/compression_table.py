@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from adntn_export.compress import compress, load_recipe
 from adntn_export.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import cache_row, write_readme  # noqa: E402
 from dense_models import (  # noqa: E402
     Autocast,
     accuracy,
@@ -213,23 +213,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: Path, block: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
-def save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _csv(text: str, valid: tuple[str, ...], flag: str, p: argparse.ArgumentParser) -> list[str]:
     out = [x for x in text.split(",") if x]
     for x in out:
@@ -295,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not args.render:
             log(f"{args.out} holds another protocol: its rows are not mixed in (kept in git)")
     if args.render:
-        write_readme(args.readme, markdown(data))
+        write_readme(args.readme, markdown(data), START, END)
         return 0
     torch.set_num_threads(args.threads)
     command = "PYTHONPATH=.:runtimes:models python " + " ".join(
@@ -317,11 +300,18 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{key}: FAILED: {exc!r}")
                     failed += 1
                     continue
-                row["command"], row["machine"] = command, machine(args.threads)
-                data["rows"][key] = row
-                save(args.out, data)
-                write_readme(args.readme, markdown(data))
-                log(f"{key}: row cached in {args.out}")
+                cache_row(
+                    data,
+                    key,
+                    row,
+                    command=command,
+                    machine=machine(args.threads),
+                    out=args.out,
+                    readme=args.readme,
+                    markdown=markdown,
+                    markers=(START, END),
+                    log=log,
+                )
     return 1 if failed else 0
 
 

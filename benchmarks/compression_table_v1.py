@@ -43,6 +43,9 @@ from adntn_export import ADNTNLayer, compression_report
 from adntn_export.compress import compress, load_recipe
 from adntn_models import as_tensor_dataset, get_model, load_fashion_mnist
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_readme  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- compression-table-v1:start -->", "<!-- compression-table-v1:end -->"
 
@@ -371,16 +374,6 @@ def markdown(data):
     return "\n".join(lines)
 
 
-def write_readme(path, block):
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n## Compression table\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (``--networks``/``--models`` split into lists and checked)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -464,7 +457,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     if args.render:
-        write_readme(args.readme, markdown(json.loads(args.out.read_text())))
+        write_readme(args.readme, markdown(json.loads(args.out.read_text())), START, END)
         return 0
     models = args.models
     torch.set_num_threads(args.threads)
@@ -517,7 +510,7 @@ def main(argv=None):
         tmp = args.out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, args.out)
-        write_readme(args.readme, markdown(data))
+        write_readme(args.readme, markdown(data), START, END)
         log(f"wrote {args.out} and {args.readme}")
     return 0
 

@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from adntn_export.svd_init import svd_initialize
 from adntn_runtime.plan import ADNTNPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import cache_row, write_readme  # noqa: E402
 from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -254,22 +254,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: Path, block: str) -> None:
-    text = path.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
-def save(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", default="conv5,fc6,fc7", help="in the order they run")
@@ -285,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.random_init = {int(r) for r in args.random_init.split(",") if r}
     if args.render:
-        write_readme(args.readme, markdown(json.loads(args.out.read_text())))
+        write_readme(args.readme, markdown(json.loads(args.out.read_text())), START, END)
         return 0
     torch.set_num_threads(args.threads)
     protocol = (
@@ -326,11 +310,19 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: FAILED: {exc!r}")
                 failed += 1
                 continue
-            row["command"], row["machine"] = command, machine(args.threads)
-            data["rows"][key] = row
-            save(args.out, data)
-            write_readme(args.readme, markdown(data))
-            log(f"{key}: row cached in {args.out} ({row['seconds']:.0f} s)")
+            cache_row(
+                data,
+                key,
+                row,
+                command=command,
+                machine=machine(args.threads),
+                out=args.out,
+                readme=args.readme,
+                markdown=markdown,
+                markers=(START, END),
+                log=log,
+                note=f" ({row['seconds']:.0f} s)",
+            )
     return 1 if failed else 0
 
 

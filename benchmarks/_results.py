@@ -1,0 +1,52 @@
+"""What the resumable benchmark scripts share: one JSON of cached rows, saved atomically
+after every finished row, and the table block they keep up to date in a README."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def save(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def write_readme(path: Path, block: str, start: str, end: str) -> None:
+    """Replace the text between the ``start`` and ``end`` markers of ``path`` by ``block``
+    (appended, markers included in ``block``, when they are not there yet)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def cache_row(
+    data: dict,
+    key: str,
+    row: dict,
+    *,
+    command: str,
+    machine: dict,
+    out: Path,
+    readme: Path,
+    markdown: Callable[[dict], str],
+    markers: tuple[str, str],
+    log: Callable[[str], None],
+    note: str = "",
+) -> None:
+    """Record a finished row (with the command and machine that made it), save the JSON
+    and refresh the README's table: an interrupted run loses at most the row in progress."""
+    row["command"], row["machine"] = command, machine
+    data["rows"][key] = row
+    save(out, data)
+    write_readme(readme, markdown(data), *markers)
+    log(f"{key}: row cached in {out}{note}")
