@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adntn_runtime.calibration import vm_rss_bytes as _status
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -196,14 +198,6 @@ def _env(threads: int) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
         env[var] = str(threads)
     return env
-
-
-def _status(field: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _time_calls(

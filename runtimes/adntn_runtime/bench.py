@@ -80,6 +80,7 @@ from typing import Any
 
 import numpy as np
 
+from adntn_runtime.calibration import vm_rss_bytes as _status
 from adntn_runtime.modes import ExportMode, Mode
 
 __all__ = ["SCHEMA", "bench_model", "failed_rows", "validate_result"]
@@ -90,14 +91,6 @@ ORT_CONFIGS = tuple(
     m.value for m in (Mode.FUSED, Mode.MATERIALIZE, Mode.REGENERATE, ExportMode.AUTO)
 )
 _LAT_KEYS = ("p50", "p90", "p99", "mean", "min")
-
-
-def _status(field: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _timed_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float) -> list[float]:
