@@ -329,24 +329,17 @@ def compress(
             the activation-aware term ``||(W - W_d) X||^2``.
         activation_weight: Weight of that term.
         max_calibration_rows: Rows of a Linear layer's captured input kept (evenly spaced).
-        match_norm: After a fit from ``init="random"``, rescale the generated weight (its
-            linear top core) to the dense weight's Frobenius norm when the fit left it
-            smaller (a fit from ``init="svd"`` is left as fitted: it is the tree's
-            truncation of the dense weight, and rescaling it would add error). At extreme
-            compression the least-squares fit shrinks ``W`` towards zero (relative error
-            ~1), which would silence the layer; keeping the dense scale keeps the signal
-            (and the gradients) flowing for the fine-tuning that follows.
-        discard_fit_above: A fit whose relative error stays at or above this is discarded
-            (the layer keeps its Kaiming-scale initialisation, ``FitResult.discarded`` is
-            set): such a fit has learned nothing about the dense weight, and its cores
-            train worse than a fresh initialisation. ``1.0`` or more keeps every fit.
-        init: Where each fit starts: ``"svd"`` (default), the hierarchical SVD of the dense
-            weight (:mod:`adntn_export.svd_init`; exact when the weight is representable
-            with identity activations, so a trained layer keeps what the bond dimensions
-            can hold), or ``"random"``, random cores.
+        match_norm: After a fit from ``init="random"`` that left the weight smaller than the
+            dense one (at extreme compression the fit shrinks ``W`` towards zero, which would
+            silence the layer for the fine-tuning), rescale it to the dense Frobenius norm.
+            A fit from ``init="svd"`` is the tree's truncation of ``W_d``: left as fitted.
+        discard_fit_above: Discard a fit whose relative error stays at or above this (it
+            learned nothing and trains worse than a fresh start): the layer keeps its
+            Kaiming-scale initialisation, ``FitResult.discarded`` is set; ``>= 1.0`` keeps all.
+        init: Where each fit starts: ``"svd"`` (default; :mod:`adntn_export.svd_init`, exact
+            when the weight is representable with identity activations) or ``"random"``.
         verbose: Print one line per layer.
-        **layer_kwargs: Further ADNTN layer arguments (``num_sites``, ``arity``,
-            ``final_activation``, ``bias_bond_dim``, ``mode``, ...) for every chosen layer.
+        **layer_kwargs: Further ADNTN layer arguments for every chosen layer (``num_sites``...).
 
     Returns:
         ``model``, with ``model.adntn_fit_report``: ``{module name: FitResult}`` for the
@@ -354,26 +347,20 @@ def compress(
         ``model.adntn_layer_configs``: ``{module name: layer.config()}``.
 
     Raises:
-        ValueError: On a bad selection (the message lists candidate layers) or bad arguments.
-        On any error the model is left exactly as it was (all layers or none are replaced).
+        ValueError: On a bad selection (the message lists candidate layers) or bad arguments;
+        the model is then left exactly as it was (all layers or none are replaced).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress needs an nn.Module, got {type(model).__name__}")
     explicit = {"network": network, "bond_dim": bond_dim, "activation": activation, "bias": bias}
     defaults, layers = _layer_defaults(recipe, layers, explicit)
     defaults.update(layer_kwargs)
-    chosen = resolve_layers(model, layers)
     built = _build_all(
         model,
-        chosen,
+        resolve_layers(model, layers),
         defaults,
         fit=fit,
-        fit_args={
-            "steps": fit_steps,
-            "lr": fit_lr,
-            "activation_weight": activation_weight,
-            "init": init,
-        },
+        fit_args=dict(steps=fit_steps, lr=fit_lr, activation_weight=activation_weight, init=init),
         calibration=calibration,
         max_calibration_rows=max_calibration_rows,
         match_norm=match_norm,

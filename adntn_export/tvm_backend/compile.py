@@ -167,35 +167,20 @@ def _uniform_mode(layers: dict[str, LayerMode]) -> str:
     return modes.pop() if len(modes) == 1 else "mixed"
 
 
-def prepare_relax(
-    onnx_path: str | os.PathLike[str],
-    *,
-    mode: str | None = None,
-    input_shapes: dict[str, list[int]] | None = None,
-    batch: int | None = None,
-    memory_budget_mb: float | None = None,
-    latency_target_ms: float | None = None,
-) -> Prepared:
-    """Load an exported ONNX file, choose each ADNTN layer's mode, normalise, import into Relax.
-
-    Args:
-        onnx_path: a file ``adntn export`` wrote (any mode), or any ONNX model.
-        mode: a :class:`~adntn_runtime.modes.LoweringMode` for every ADNTN layer (``--mode``);
-            ``None``: the policy chooses (``auto`` files) or the export's modes (fixed files).
-        input_shapes: static shapes of inputs (``--input-shape``).
-        batch: the batch size for a dynamic first dimension (``--batch``).
-        memory_budget_mb, latency_target_ms: the policy's limits (``auto`` files).
-    """
+def _layer_modes(
+    model: Any,
+    mode: str | None,
+    run_batch: int,
+    memory_budget_mb: float | None,
+    latency_target_ms: float | None,
+    notes: list[str],
+) -> tuple[Any, dict[str, LayerMode]]:
+    """Each ADNTN layer's mode on TVM, and the model with every layer that has a plan (a
+    placeholder, or a fixed export's record of one) lowered from it in that mode."""
     from adntn_export.tvm_backend.layer_modes import file_layer_modes, placeholder_layer_modes
-    from adntn_export.tvm_backend.normalize import normalize
     from adntn_runtime import onnx_lowering as lowering
     from adntn_runtime.substitution import restore_placeholders
 
-    path = Path(onnx_path)
-    model = _read(path)
-    inputs = _data_inputs(model, input_shapes, batch)
-    notes: list[str] = []
-    run_batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
     restored: list[str] = []
     fixed: dict[str, LayerMode] = {}
     if not lowering.placeholder_layers(model):
@@ -242,6 +227,36 @@ def prepare_relax(
         layers = file_layer_modes(model, mode=mode)
         if mode is not None and not layers:
             notes.append(f"--mode {mode} ignored: the model has no ADNTN layer")
+    return model, layers
+
+
+def prepare_relax(
+    onnx_path: str | os.PathLike[str],
+    *,
+    mode: str | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    batch: int | None = None,
+    memory_budget_mb: float | None = None,
+    latency_target_ms: float | None = None,
+) -> Prepared:
+    """Load an exported ONNX file, choose each ADNTN layer's mode, normalise, import into Relax.
+
+    Args:
+        onnx_path: a file ``adntn export`` wrote (any mode), or any ONNX model.
+        mode: a :class:`~adntn_runtime.modes.LoweringMode` for every ADNTN layer (``--mode``);
+            ``None``: the policy chooses (``auto`` files) or the export's modes (fixed files).
+        input_shapes: static shapes of inputs (``--input-shape``).
+        batch: the batch size for a dynamic first dimension (``--batch``).
+        memory_budget_mb, latency_target_ms: the policy's limits (``auto`` files).
+    """
+    from adntn_export.tvm_backend.normalize import normalize
+
+    path = Path(onnx_path)
+    model = _read(path)
+    inputs = _data_inputs(model, input_shapes, batch)
+    notes: list[str] = []
+    run_batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    model, layers = _layer_modes(model, mode, run_batch, memory_budget_mb, latency_target_ms, notes)
     if any(n.op_type == "Einsum" for n in model.graph.node):
         notes.append(
             "Einsum nodes compiled with TVM's einsum: the file records no plan for their "

@@ -284,6 +284,21 @@ def _tune_tasks(
     )
 
 
+def _build_with_database(prepared: Prepared, tvm_target: Any, db_dir: Path) -> Any:
+    """The executable built with the best schedule the database holds for every task."""
+    import tvm
+    from tvm import relax
+
+    apply_db = relax.get_pipeline(
+        "static_shape_tuning", target=tvm_target, work_dir=str(db_dir), total_trials=0
+    )
+    with tvm_target:
+        tuned_mod = apply_db(prepared.mod)
+        return tvm.compile(
+            tuned_mod, target=tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target)
+        )
+
+
 def tune_onnx(
     onnx_path: str | os.PathLike[str],
     target: str | TargetSpec,
@@ -310,9 +325,6 @@ def tune_onnx(
     trials produced a measurement, or when the database holds no valid measurement: a tuned
     module is never built from failures.
     """
-    import tvm
-    from tvm import relax
-
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
         raise ValueError(f"trials (--trials) must be an int >= 0, got {trials!r}")
     spec = get_target(target)
@@ -345,14 +357,7 @@ def tune_onnx(
         say(f"{spec.name}: trials of this run\n{stats.table()}")
     valid, after = _check_measured(stats, db_dir, spec.name)
     say(f"{spec.name}: database has {valid}/{after} valid records; building the tuned module")
-    apply_db = relax.get_pipeline(
-        "static_shape_tuning", target=tvm_target, work_dir=str(db_dir), total_trials=0
-    )
-    with tvm_target:
-        tuned_mod = apply_db(prepared.mod)
-        executable = tvm.compile(
-            tuned_mod, target=tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target)
-        )
+    executable = _build_with_database(prepared, tvm_target, db_dir)
     tuned = {
         "database": str(db_dir),
         "records_before": before,
