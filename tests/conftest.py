@@ -149,7 +149,12 @@ def tvm_compiled(tmp_path_factory, zoo_export) -> Callable[..., Path]:
         name: str, mode: str, target: str, einsum: bool = True, compile_mode: str | None = None
     ) -> Path:
         from adntn_export.tvm_backend.compile import compile_onnx
+        from adntn_export.tvm_backend.targets import get_target
 
+        if get_target(target).is_cross:  # linking for an aarch64 host needs the cross g++
+            from _requirements import require
+
+            require("aarch64-g++")
         out = root / f"{name}-{mode}-{int(einsum)}-{target}-{compile_mode}"
         compile_onnx(zoo_export(name, mode, einsum), target, out, mode=compile_mode)
         return out
