@@ -393,7 +393,6 @@ class Session:
         kind: str,
         decisions: dict[str, LayerDecision],
         model: onnx.ModelProto | None,
-        externals: dict[str, Any],
         options: dict[str, Any],
         rates: DeviceRates | None,
         load_seconds: float,
@@ -404,7 +403,6 @@ class Session:
         self.kind = kind
         self.decisions = decisions
         self.model = model
-        self._externals = externals  # ORT reads these buffers: keep them alive
         self.options = options
         self.rates = rates
         self.load_seconds = load_seconds
@@ -1035,7 +1033,6 @@ def _load_auto(
         kind="auto",
         decisions=decisions,
         model=lowered,
-        externals={},
         options=options,
         rates=rates,
         load_seconds=time.perf_counter() - t_start,
@@ -1078,7 +1075,6 @@ def _load_fixed(
         kind="fixed" if decisions else "plain",
         decisions=decisions,
         model=None,
-        externals={},
         options=options,
         rates=None,
         load_seconds=time.perf_counter() - t_start,
