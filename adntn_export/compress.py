@@ -333,7 +333,8 @@ def compress(
             dense one (at extreme compression the fit shrinks ``W`` towards zero, which would
             silence the layer for the fine-tuning), rescale it to the dense Frobenius norm.
             A fit from ``init="svd"`` is the tree's truncation of ``W_d``: left as fitted.
-        discard_fit_above: Discard a fit whose relative error stays at or above this (it
+        discard_fit_above: Discard a fit whose error (``FitResult.error``: the activation
+            error with ``calibration``, else the weight error) stays at or above this (it
             learned nothing and trains worse than a fresh start): the layer keeps its
             Kaiming-scale initialisation, ``FitResult.discarded`` is set; ``>= 1.0`` keeps all.
         init: Where each fit starts: ``"svd"`` (default; :mod:`adntn_export.svd_init`, exact
@@ -446,7 +447,7 @@ def _replacement(
         init=fit_args["init"],
         **kwargs,
     )
-    if result.relative_error >= discard_fit_above:
+    if result.error >= discard_fit_above:
         # The fit captured nothing (typical at >500x on a trained weight): its cores are
         # noise at the dense scale, which hurts the fine-tuning that follows (run `adntn
         # demo` with discard_fit_above=1.0 in DEMO_COMPRESSION to see it). Start from the
@@ -461,7 +462,11 @@ def _replacement(
 
 
 def _print_layer(name: str, new: ADNTNLayer, result: FitResult | None) -> None:
-    err = f", fit error {result.relative_error:.4f}" if result is not None else ""
+    err = ""
+    if result is not None:
+        err = f", fit error {result.relative_error:.4f}"
+        if result.activation_error is not None:
+            err += f" (on the calibration inputs {result.activation_error:.4f})"
     if result is not None and result.discarded:
         err += " (fit discarded: kept the initialisation)"
     print(

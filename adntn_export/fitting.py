@@ -8,6 +8,7 @@ actually uses the layer. Adam on every core (and on a generated bias).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,7 +53,14 @@ def capture_layer_inputs(
 
 @dataclass
 class FitResult:
-    """Outcome of a fit: relative Frobenius error before and after, steps and time."""
+    """Outcome of a fit: relative Frobenius error before and after, steps and time.
+
+    ``objective`` is what the fit minimised, ``e_w^2 + a * e_x^2`` (``e_w`` the relative
+    weight error, ``e_x`` the relative activation error on the calibration inputs, ``a``
+    the activation weight; ``e_w^2`` alone without calibration inputs). The layer keeps
+    the cores with the lowest objective seen, so ``objective <= initial_objective``; with
+    calibration inputs the weight error alone may rise while the objective falls.
+    """
 
     relative_error: float
     initial_relative_error: float
@@ -62,9 +70,17 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     #: Set by :func:`adntn_export.compress.compress` when it threw the fit away.
     discarded: bool = False
+    objective: float = math.nan
+    initial_objective: float = math.nan
 
     def __float__(self) -> float:
         return self.relative_error
+
+    @property
+    def error(self) -> float:
+        """The error a fit is judged by: the activation error with calibration inputs (how
+        the data uses the layer), else the weight error."""
+        return self.relative_error if self.activation_error is None else self.activation_error
 
 
 def _relative_error(w: torch.Tensor, ref: torch.Tensor) -> float:
@@ -106,24 +122,26 @@ def fit_layer(
             f"{(plan.out_features, plan.in_features)}"
         )
     start = time.perf_counter()
-    target = _FitTarget.make(gen, ref, calibration, init)
+    target = _FitTarget.make(gen, ref, calibration, init, activation_weight)
     with torch.no_grad():
         if layer.bias is not None and bias is not None:
             layer.bias.copy_(bias.detach())
     params = list(gen.parameters())
-    history = _optimise(
-        gen,
-        params,
-        target,
-        steps=steps,
-        lr=lr,
-        log_every=log_every,
-        activation_weight=activation_weight,
-    )
+    history = _optimise(gen, params, target, steps=steps, lr=lr, log_every=log_every)
     final, act_err = target.finish(gen)
     if layer.bias_generator is not None and bias is not None:
         _fit_bias(layer, bias.detach(), steps=max(100, steps // 2), lr=lr)
-    return FitResult(final, target.initial, steps, time.perf_counter() - start, act_err, history)
+    assert target.best is not None
+    return FitResult(
+        final,
+        target.initial,
+        steps,
+        time.perf_counter() - start,
+        act_err,
+        history,
+        objective=target.best[0],
+        initial_objective=target.initial_objective,
+    )
 
 
 @dataclass
@@ -142,11 +160,31 @@ class _FitTarget:
     ref_act: torch.Tensor | None
     unit: float
     initial: float
+    activation_weight: float = 1.0
+    initial_objective: float = math.nan
+    #: (objective, cores) of the best step so far
     best: tuple[float, list[torch.Tensor]] | None = None
+
+    def loss(self, w: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The objective of the (unit-scaled) weight ``w`` (a tensor, for autograd) and its
+        relative weight error."""
+        diff = w - self.ref
+        loss = diff.pow(2).sum() / self.ref_norm
+        err = float(loss.detach().sqrt())
+        if self.x_cal is not None:
+            assert self.ref_act is not None
+            act = (self.x_cal @ diff.T).pow(2).sum() / self.ref_act
+            loss = loss + self.activation_weight * act
+        return loss, err
 
     @classmethod
     def make(
-        cls, gen: Any, ref: torch.Tensor, calibration: torch.Tensor | None, init: str
+        cls,
+        gen: Any,
+        ref: torch.Tensor,
+        calibration: torch.Tensor | None,
+        init: str,
+        activation_weight: float = 1.0,
     ) -> _FitTarget:
         plan = gen.plan
         x_cal = ref_act = None
@@ -171,7 +209,9 @@ class _FitTarget:
                     gen.cores["root"].mul_(scale)
                 gen.clear_cache()
             initial = _relative_error(gen.weight(), ref)
-        return cls(ref, ref_norm, x_cal, ref_act, unit, initial)
+            target = cls(ref, ref_norm, x_cal, ref_act, unit, initial, activation_weight)
+            target.initial_objective = float(target.loss(gen.weight())[0])
+        return target
 
     def finish(self, gen: Any) -> tuple[float, float | None]:
         """Restore the best cores seen and the root's scale; the final weight error and
@@ -200,30 +240,30 @@ def _optimise(
     steps: int,
     lr: float,
     log_every: int,
-    activation_weight: float,
 ) -> list[float]:
-    """Adam with a cosine schedule on the fit's loss; ``target.best`` keeps the best cores
-    seen (by weight error). Returns the weight error of every step."""
+    """Adam with a cosine schedule on the fit's objective; ``target.best`` keeps the cores
+    with the lowest objective seen (the start included). Returns the weight error of every
+    step's cores."""
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.05)
-    target.best = (target.initial, [p.detach().clone() for p in params])
+    target.best = (target.initial_objective, [p.detach().clone() for p in params])
     history: list[float] = []
-    for step in range(steps):
+    for step in range(steps + 1):
         opt.zero_grad(set_to_none=True)
-        w = gen.weight()
-        diff = w - target.ref
-        loss = diff.pow(2).sum() / target.ref_norm
-        if target.x_cal is not None:
-            loss = loss + activation_weight * (target.x_cal @ diff.T).pow(2).sum() / target.ref_act
+        loss, err = target.loss(gen.weight())
+        value = float(loss.detach())
+        if step:  # step 0's cores are the start, already in target.best
+            history.append(err)
+            if value < target.best[0]:
+                target.best = (value, [p.detach().clone() for p in params])
+        if step == steps:
+            break  # the last step's cores were scored above; no update after them
         loss.backward()
         opt.step()
         sched.step()
-        err = float(diff.detach().norm() / target.ref_norm.sqrt())
-        history.append(err)
-        if err < target.best[0]:
-            target.best = (err, [p.detach().clone() for p in params])
         if log_every and step % log_every == 0:
-            print(f"fit step {step}: relative error {err:.4f}")
+            print(f"fit step {step}: objective {value:.4f}, relative weight error {err:.4f}")
+    gen.clear_cache()
     return history
 
 

@@ -78,6 +78,7 @@ _CONFIG_KEYS = (
     "arity",
     "num_sites",
     "disentangler_rank",
+    "layout",
     "bias_bond_dim",
 )
 _SHAPE_KEYS = {
@@ -109,6 +110,7 @@ class ADNTNLayer(nn.Module):
         arity: int,
         num_sites: int | None,
         disentangler_rank: int | None,
+        layout: str,
         bias_bond_dim: int,
         mode: str,
         tile_rows: int | None,
@@ -126,6 +128,7 @@ class ADNTNLayer(nn.Module):
             arity=arity,
             num_sites=num_sites,
             disentangler_rank=disentangler_rank,
+            layout=layout,
         )
         factory = {"dtype": dtype, "device": device}
         self.weight_generator = WeightGenerator(plan, init_std=init_std, **factory)
@@ -228,6 +231,7 @@ class ADNTNLayer(nn.Module):
             "arity": plan.arity,
             "num_sites": plan.num_sites,
             "disentangler_rank": plan.disentangler_rank,
+            "layout": plan.layout,
             "bias_bond_dim": self._bias_bond_dim,
         }
         cfg.update(self._shape_config())
@@ -317,7 +321,9 @@ class ADNTNLinear(ADNTNLayer):
             bias vector) or ``"none"``/``False``.
         mode: initial run mode (``layer.mode`` can be changed at any time).
         tile_rows: rows per tile in regenerate mode.
-        arity, num_sites, disentangler_rank: see :class:`~adntn_runtime.plan.ADNTNPlan`.
+        arity, num_sites, disentangler_rank, layout: see
+            :class:`~adntn_runtime.plan.ADNTNPlan` (``layout="split"``: row-only and
+            column-only sites, a tree that contains truncated SVD).
         bias_bond_dim: bond dimension of the generated bias.
         init_std: standard deviation of the generated weight at initialisation
             (default: PyTorch's ``nn.Linear`` default, ``1/sqrt(3*in_features)``).
@@ -342,6 +348,7 @@ class ADNTNLinear(ADNTNLayer):
         arity: int = 2,
         num_sites: int | None = None,
         disentangler_rank: int | None = None,
+        layout: str = "paired",
         bias_bond_dim: int = 2,
         init_std: float | None = None,
         dtype: torch.dtype | None = None,
@@ -363,6 +370,7 @@ class ADNTNLinear(ADNTNLayer):
             arity=arity,
             num_sites=num_sites,
             disentangler_rank=disentangler_rank,
+            layout=layout,
             bias_bond_dim=bias_bond_dim,
             mode=mode,
             tile_rows=tile_rows,
@@ -470,6 +478,7 @@ class ADNTNConv2d(ADNTNLayer):
         arity: int = 2,
         num_sites: int | None = None,
         disentangler_rank: int | None = None,
+        layout: str = "paired",
         bias_bond_dim: int = 2,
         init_std: float | None = None,
         dtype: torch.dtype | None = None,
@@ -504,6 +513,7 @@ class ADNTNConv2d(ADNTNLayer):
             arity=arity,
             num_sites=num_sites,
             disentangler_rank=disentangler_rank,
+            layout=layout,
             bias_bond_dim=bias_bond_dim,
             mode=mode,
             tile_rows=tile_rows,

@@ -79,7 +79,7 @@ def test_calibration_fit_records_activation_error():
     x = torch.randn(32, 1, 28, 28)
     compress(model, layers=["fc1"], bond_dim=2, fit_steps=10, calibration=x)
     fit = model.adntn_fit_report["layers.0"]
-    assert fit.activation_error is not None and fit.relative_error <= fit.initial_relative_error
+    assert fit.activation_error is not None and fit.objective <= fit.initial_objective
     assert model.adntn_layer_configs["layers.0"]["type"] == "ADNTNLinear"
 
 

@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import make_golden  # noqa: E402
 
 MODES = ("fused", "regenerate", "materialize", "dense")
-KINDS = ("linear", "conv", "model")
+#: "split": the "model" with every ADNTN layer in the split site layout (row-only and
+#: column-only sites).
+KINDS = ("linear", "conv", "model", "split")
 TOL = 1e-5
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -55,11 +57,14 @@ def _build(kind: str, network: str) -> tuple[nn.Module, tuple[int, ...]]:
             activation="sin", bias="generated",
         )  # fmt: skip
         return conv.eval(), (3, 7, 7)
+    layout = "split" if kind == "split" else "paired"
     model = nn.Sequential(
-        ADNTNConv2d(2, 4, 3, padding=1, network=network, bond_dim=2, num_sites=4),
+        ADNTNConv2d(2, 4, 3, padding=1, network=network, bond_dim=2, num_sites=4, layout=layout),
         nn.ReLU(),
         nn.Flatten(),
-        ADNTNLinear(4 * 6 * 6, 10, network=network, bond_dim=3, num_sites=4, bias="none"),
+        ADNTNLinear(
+            4 * 6 * 6, 10, network=network, bond_dim=3, num_sites=4, bias="none", layout=layout
+        ),
         nn.ReLU(),
         nn.Linear(10, 3),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adntn_runtime.factorize import balanced_factors, factorize
-from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.plan import LAYOUTS, ADNTNPlan
 from adntn_runtime.reference import apply, generate_weight, run_schedule
 from adntn_runtime.schedule import BATCH, Contract
 
@@ -22,9 +23,10 @@ def plans(draw: st.DrawFn) -> ADNTNPlan:
     network = draw(st.sampled_from(NETWORKS))
     out = draw(st.integers(1, 40))
     inp = draw(st.integers(1, 40))
-    sites = draw(st.integers(1, 6))
+    layout = draw(st.sampled_from(LAYOUTS))
+    sites = draw(st.integers(2 if layout == "split" else 1, 6))
     arity = draw(st.integers(2, 3))
-    probe = ADNTNPlan(out, inp, network=network, num_sites=sites, arity=arity)
+    probe = ADNTNPlan(out, inp, network=network, num_sites=sites, arity=arity, layout=layout)
     bonds = draw(
         st.lists(st.integers(1, 4), min_size=len(probe.bond_dims), max_size=len(probe.bond_dims))
     )
@@ -36,7 +38,14 @@ def plans(draw: st.DrawFn) -> ADNTNPlan:
         )
     )
     return ADNTNPlan(
-        out, inp, network=network, num_sites=sites, arity=arity, bond_dim=bonds, activation=acts
+        out,
+        inp,
+        network=network,
+        num_sites=sites,
+        arity=arity,
+        bond_dim=bonds,
+        activation=acts,
+        layout=layout,
     )
 
 
@@ -295,6 +304,12 @@ def test_costs_are_affine_in_batch() -> None:
         ({"activation": ["tanh", "relu"]}, ValueError, r"activation has 2 entries"),
         ({"arity": 1}, ValueError, r"arity must be >= 2"),
         ({"num_sites": 0}, ValueError, r"num_sites must be >= 1, got 0"),
+        ({"layout": "rows"}, ValueError, r"unknown layout 'rows'; valid layouts: \['paired'"),
+        (
+            {"layout": "split", "num_sites": 1},
+            ValueError,
+            r"num_sites=1 is out of range for layout='split': valid num_sites: 2\.\.12",
+        ),
     ],
 )
 def test_bad_plan_arguments(kwargs, exc, match) -> None:
@@ -322,3 +337,28 @@ def test_fused_needs_linear_top() -> None:
 def test_too_many_labels_is_reported() -> None:
     with pytest.raises(ValueError, match=r"more than 26 distinct legs"):
         ADNTNPlan(2**13, 2**13, num_sites=13, arity=13, bond_dim=1)
+
+
+# ---------------------------------------------------------------- split layout
+@pytest.mark.parametrize("network", NETWORKS)
+def test_split_layout_separates_rows_and_columns(network) -> None:
+    plan = ADNTNPlan(4096, 9216, network=network, bond_dim=3, layout="split")
+    rows = [k for k in range(plan.num_sites) if plan.col_factors[k] == 1]
+    cols = [k for k in range(plan.num_sites) if plan.row_factors[k] == 1]
+    assert rows and cols and sorted(rows + cols) == list(range(plan.num_sites))
+    assert math.prod(plan.row_factors) == plan.rows_padded >= 4096
+    assert math.prod(plan.col_factors) == plan.cols_padded >= 9216
+    # the root's two children are the row subtree and the column subtree
+    assert [c.sites for c in plan.root.children] == [tuple(rows), tuple(cols)]
+    assert ADNTNPlan.from_dict(plan.to_dict()) == plan and plan.to_dict()["layout"] == "split"
+    assert "layout" not in ADNTNPlan(64, 64).to_dict()  # paired plans read in older adntn
+
+
+def test_split_layout_fused_is_a_low_rank_product() -> None:
+    """Two sites, identity: W = A R B^T, and the fused path costs (M + N) r per row of x."""
+    plan = ADNTNPlan(300, 200, num_sites=2, bond_dim=5, layout="split", activation="identity")
+    cores = random_cores(plan, seed=3)
+    w = generate_weight(plan, cores)
+    assert np.linalg.matrix_rank(w) == 5
+    fused = plan.cost("fused", batch=1)
+    assert fused.flops <= 2 * 5 * (300 + 200) + 2 * 25

@@ -502,3 +502,23 @@ def test_regenerate_runtime_lowering_matches_reference():
         )
         x = rng.standard_normal((2, 1024)).astype(np.float32)
         assert _rel(sess.run(None, {"input": x})[0], x @ generate_weight(plan, cores).T) < 1e-4
+
+
+@pytest.mark.parametrize("modes", [None, "fused", "regenerate", "materialize"])
+def test_split_layout_model_in_every_mode(tmp_path, modes):
+    """Layers in the split site layout (row-only and column-only sites) run in every mode and
+    under the policy (``modes=None``), matching torch."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        ADNTNLinear(256, 128, network="ttn", bond_dim=[6, 4], layout="split"),
+        nn.ReLU(),
+        ADNTNLinear(128, 32, network="mera", bond_dim=3, layout="split", num_sites=5),
+    ).eval()
+    x = torch.randn(3, 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = export_onnx(model, x, tmp_path / "split.onnx", mode="auto")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    s = load(auto, modes=modes, threads=1, calibrate=False)
+    assert _rel(s.run(x.numpy())[0], ref) < TOL

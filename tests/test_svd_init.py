@@ -46,6 +46,10 @@ def _rel(gen: WeightGenerator, w: torch.Tensor) -> float:
         ((256, 256), {"num_sites": 8, "bond_dim": 2, "network": "mera"}),
         ((30, 20), {"num_sites": 1, "bond_dim": 4}),
         ((64, 48), {"num_sites": 6, "bond_dim": 8}),  # bond larger than the leaves' rank
+        ((64, 48), {"num_sites": 2, "bond_dim": 3, "layout": "split"}),
+        ((64, 48), {"num_sites": 4, "bond_dim": [8, 3], "layout": "split"}),
+        ((100, 64), {"num_sites": 5, "bond_dim": [4, 3, 2], "layout": "split"}),  # padded
+        ((64, 64), {"num_sites": 4, "bond_dim": 3, "network": "mera", "layout": "split"}),
     ],
 )
 def test_exact_for_representable_weight(shape, kwargs) -> None:
@@ -163,3 +167,17 @@ def test_truncated_svd_matches_numpy_and_counts_stored_numbers() -> None:
     assert base.rank == 2 and base.stored == 100
     assert base.relative_error == pytest.approx(expected, rel=1e-9)
     assert truncated_svd(w, 10).relative_error == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rank", [1, 4, 9])
+def test_split_layout_contains_truncated_svd(rank) -> None:
+    """A two-site split plan with identity activations, started from the hierarchical SVD, is
+    the truncated SVD of the weight at that rank (Eckart-Young): same error."""
+    torch.manual_seed(rank)
+    w = torch.randn(96, 80, dtype=torch.float64)
+    plan = ADNTNPlan(96, 80, num_sites=2, bond_dim=rank, layout="split", activation="identity")
+    gen = WeightGenerator(plan, dtype=torch.float64)
+    svd_initialize(gen, w)
+    svd = truncated_svd(w, rank * (96 + 80))
+    assert svd.rank == rank
+    assert _rel(gen, w) == pytest.approx(svd.relative_error, rel=1e-9)

@@ -37,8 +37,12 @@ TILE_ROWS = 32  # regenerate: 2 tiles (the default, one row per tile, makes 64 k
 def _model(network: str) -> torch.nn.Module:
     from adntn_export import ADNTNLinear
 
-    torch.manual_seed({"ttn": 0, "attn": 1, "mera": 2}[network])
-    return torch.nn.Sequential(ADNTNLinear(IN, OUT, network=network, bond_dim=4), torch.nn.ReLU())
+    torch.manual_seed({"ttn": 0, "attn": 1, "mera": 2, "split": 3}[network])
+    if network == "split":  # a TTN in the split site layout (row-only and column-only sites)
+        layer = ADNTNLinear(IN, OUT, network="ttn", bond_dim=4, layout="split")
+    else:
+        layer = ADNTNLinear(IN, OUT, network=network, bond_dim=4)
+    return torch.nn.Sequential(layer, torch.nn.ReLU())
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
             mode="auto",
             dynamic_batch=False,
         )
-        for net in NETWORKS
+        for net in (*NETWORKS, "split")
     }
 
 
@@ -85,7 +89,8 @@ def _check(path: Path, x: np.ndarray, out: Path, mode: str | None = None) -> tc.
     return manifest
 
 
-# fast set: every network, every mode and both Einsum settings at least once (6 compiles)
+# fast set: every network, every mode and both Einsum settings at least once, and the split
+# site layout in the three generator modes (9 compiles)
 FAST = [
     ("ttn", "fused", True),
     ("ttn", "regenerate", False),
@@ -93,6 +98,9 @@ FAST = [
     ("attn", "dense", False),
     ("mera", "fused", False),
     ("mera", "regenerate", True),
+    ("split", "fused", False),
+    ("split", "regenerate", True),
+    ("split", "materialize", False),
 ]
 FULL = list(itertools.product(NETWORKS, MODES, (True, False)))
 

@@ -8,9 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from adntn_runtime.plan import LAYOUTS
+
 
 def add_compress_args(parser: argparse.ArgumentParser) -> None:
-    """``--recipe/--layers/--network/--bond-dim/--activation/--bias/--num-sites/--fit-steps``."""
+    """``--recipe/--layers/--network/--bond-dim/--activation/--bias/--num-sites/--layout/
+    --fit-steps/--init``."""
     g = parser.add_argument_group("compression")
     g.add_argument(
         "--recipe",
@@ -31,6 +34,14 @@ def add_compress_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", help="activation between levels (default tanh)")
     g.add_argument("--bias", choices=("dense", "generated", "none"), help="default dense")
     g.add_argument("--num-sites", type=int, help="sites of the tensor network (default: auto)")
+    g.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help=(
+            "site layout: paired (default; each site a row and a column factor) or split "
+            "(row-only and column-only sites: the tree contains truncated SVD)"
+        ),
+    )
     g.add_argument("--fit-steps", type=int, default=300, help="layer-wise fit steps (default 300)")
     g.add_argument(
         "--init",
@@ -55,6 +66,8 @@ def compress_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
     }
     if args.num_sites is not None:
         chosen["num_sites"] = args.num_sites
+    if getattr(args, "layout", None) is not None:
+        chosen["layout"] = args.layout
     if all(v is None for v in chosen.values()):
         return None
     kwargs = {k: v for k, v in chosen.items() if v is not None}

@@ -9,7 +9,7 @@ from pathlib import Path
 from adntn_export.commands._args import add_allow_nonfinite
 from adntn_export.commands._common import check_output_file
 from adntn_runtime.activations import ACTIVATIONS
-from adntn_runtime.plan import NETWORKS
+from adntn_runtime.plan import LAYOUTS, NETWORKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bond-dim", type=int, default=4)
     p.add_argument("--activation", choices=ACTIVATIONS, default="tanh")
     p.add_argument("--num-sites", type=int, default=None)
+    p.add_argument("--layout", choices=LAYOUTS, default="paired", help="site layout")
     p.add_argument("--batch", type=int, default=1, help="batch size for the cost table")
     p.add_argument("--checkpoint", type=Path, help="a model saved by adntn (train/compress)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         bond_dim=args.bond_dim,
         activation=args.activation,
         num_sites=args.num_sites,
+        layout=args.layout,
     )
     print(plan.describe())
     dense_flops = 2 * args.batch * plan.dense_parameters

@@ -124,6 +124,7 @@ _RUN_FLAGS: tuple[str, ...] = (
     "activation",
     "bias",
     "num_sites",
+    "layout",
     "fit_steps",
 )
 #: Written in --checkpoint-dir: the settings of the run whose checkpoints it holds.

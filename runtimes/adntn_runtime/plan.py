@@ -7,6 +7,15 @@ imports only numpy and opt_einsum.
 
 Topology, precisely:
 
+* Site layout (``layout``): ``"paired"`` (the default) gives every site one row factor
+  and one column factor (``W[i_0..i_{K-1}, j_0..j_{K-1}]`` regrouped as ``(i_k j_k)``);
+  ``"split"`` gives the first ``K_r`` sites row factors only and the other ``K - K_r``
+  column factors only (their other factor is 1), and the root's two children are the
+  row subtree and the column subtree. The root bond is then the rank of the generated
+  weight across rows and columns: with identity activations and full subtrees a split
+  plan is a truncated SVD ``W = A R B^T``, and a smaller one compresses ``A`` and ``B``
+  further. A paired plan mixes rows and columns at every site, so a weight that is
+  close to low rank is far from any paired plan of the same size.
 * The ``K`` sites are split top-down into ``arity`` contiguous, near-equal
   groups, recursively, giving a tree whose leaves are the sites. A node's
   *height* is 0 for a leaf and ``1 + max(child heights)`` otherwise; the root
@@ -58,6 +67,7 @@ from adntn_runtime.schedule import (
 __all__ = [
     "MODES",
     "NETWORKS",
+    "LAYOUTS",
     "ADNTNPlan",
     "CoreSpec",
     "CostEstimate",
@@ -65,6 +75,8 @@ __all__ = [
 ]
 
 NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
+#: Site layouts: every site a row and a column factor, or row-only and column-only sites.
+LAYOUTS: tuple[str, ...] = ("paired", "split")
 #: The layer modes as strings (an alias of :class:`~adntn_runtime.modes.Mode`, kept for callers).
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 PLAN_FORMAT = 1
@@ -82,9 +94,13 @@ MAX_BOND = 2**16
 MAX_CORE_ELEMENTS = 2**26
 
 
-def _sites(out_features: int, in_features: int, network: str, num_sites: int | None) -> int:
+def _sites(
+    out_features: int, in_features: int, network: str, num_sites: int | None, layout: str
+) -> int:
     """The number of sites: the caller's (checked), else chosen from the shape."""
-    if num_sites is None:
+    if num_sites is None and layout == "split":
+        num_sites = choose_num_sites(out_features, 1) + choose_num_sites(1, in_features)
+    elif num_sites is None:
         num_sites = choose_num_sites(out_features, in_features)
         if network == "mera":
             # A binary MERA needs 8 sites before it differs from an aTTN (below 8
@@ -98,7 +114,19 @@ def _sites(out_features: int, in_features: int, network: str, num_sites: int | N
             f"site adds two legs to the top step, so more sites give a step with more than "
             "26 distinct legs, beyond the a-z labels of an ONNX Einsum)"
         )
+    if layout == "split" and checked < 2:
+        raise ValueError(
+            f"num_sites={num_sites} is out of range for layout='split': valid num_sites: "
+            f"2..{MAX_SITES} (at least one row site and one column site)"
+        )
     return checked
+
+
+def _row_sites(out_features: int, in_features: int, num_sites: int) -> int:
+    """Row sites of a split layout: the share of ``num_sites`` that ``log(rows)`` has of
+    ``log(rows * cols)``, at least 1 and at most ``num_sites - 1``."""
+    logs = math.log(max(out_features, 2)), math.log(max(in_features, 2))
+    return min(num_sites - 1, max(1, round(num_sites * logs[0] / (logs[0] + logs[1]))))
 
 
 def _bond_dims(bond_dim: int | Sequence[int], n_bonds: int) -> tuple[int, ...]:
@@ -221,6 +249,10 @@ class ADNTNPlan:
             (attn/mera); default 2 (the smallest rank that couples two subtrees;
             ``bond_dim**2`` makes a disentangler fully general). Intermediates
             crossing a disentangled boundary grow by this factor.
+        layout: ``"paired"`` (each site a row and a column factor) or ``"split"``
+            (row-only sites, then column-only sites, the root joining the two subtrees;
+            default ``num_sites`` about 64 rows or columns per site); see the module
+            docstring.
 
     Example:
         >>> plan = ADNTNPlan(4096, 4096, network="ttn", bond_dim=4)
@@ -242,6 +274,7 @@ class ADNTNPlan:
         arity: int = 2,
         num_sites: int | None = None,
         disentangler_rank: int | None = None,
+        layout: str = "paired",
     ) -> None:
         self.out_features = _check_positive_int(out_features, "out_features", MAX_FEATURES)
         self.in_features = _check_positive_int(in_features, "in_features", MAX_FEATURES)
@@ -254,11 +287,22 @@ class ADNTNPlan:
                 f"arity must be >= 2 (2 = binary tree) and <= {MAX_ARITY}, got arity={arity}; "
                 f"valid arity: 2..{MAX_ARITY}"
             )
-        self.num_sites = _sites(self.out_features, self.in_features, network, num_sites)
-        self.rows_padded, row_f = factorize(self.out_features, self.num_sites)
-        self.cols_padded, col_f = factorize(self.in_features, self.num_sites)
-        self.row_factors = _interleave(row_f)
-        self.col_factors = _interleave(col_f)
+        if not isinstance(layout, str) or layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; valid layouts: {list(LAYOUTS)}")
+        self.layout = layout
+        self.num_sites = _sites(self.out_features, self.in_features, network, num_sites, layout)
+        if layout == "split":
+            rows = _row_sites(self.out_features, self.in_features, self.num_sites)
+            cols = self.num_sites - rows
+            self.rows_padded, row_f = factorize(self.out_features, rows)
+            self.cols_padded, col_f = factorize(self.in_features, cols)
+            self.row_factors = _interleave(row_f) + (1,) * cols
+            self.col_factors = (1,) * rows + _interleave(col_f)
+        else:
+            self.rows_padded, row_f = factorize(self.out_features, self.num_sites)
+            self.cols_padded, col_f = factorize(self.in_features, self.num_sites)
+            self.row_factors = _interleave(row_f)
+            self.col_factors = _interleave(col_f)
         self.final_activation = (
             None
             if final_activation in (None, "identity")
@@ -294,10 +338,17 @@ class ADNTNPlan:
                 size = q + (1 if p < r else 0)
                 chunks.append(s[start : start + size])
                 start += size
-            children = [build(c) for c in chunks]
-            return TreeNode("", s, children, 1 + max(c.height for c in children))
+            return join([build(c) for c in chunks])
 
-        root = build(sites)
+        def join(children: list[TreeNode]) -> TreeNode:
+            covered = tuple(k for c in children for k in c.sites)
+            return TreeNode("", covered, children, 1 + max(c.height for c in children))
+
+        if self.layout == "split":  # the root joins the row subtree and the column subtree
+            rows = _row_sites(self.out_features, self.in_features, len(sites))
+            root = join([build(sites[:rows]), build(sites[rows:])])
+        else:
+            root = build(sites)
         if root.is_leaf:  # a single site: the root merges the one leaf
             root = TreeNode("", sites, [root], 1)
 
@@ -506,7 +557,7 @@ class ADNTNPlan:
         lines = [
             f"ADNTN {self.network} plan: weight {self.out_features}x{self.in_features} "
             f"(padded {self.rows_padded}x{self.cols_padded}), {self.num_sites} sites, "
-            f"arity {self.arity}, height {self.height}",
+            f"arity {self.arity}, height {self.height}, {self.layout} layout",
             f"  row factors {self.row_factors}, col factors {self.col_factors}",
             f"  bond dims by height {self.bond_dims}; activations by height "
             f"{self.activations or ()}; top step "
@@ -553,13 +604,19 @@ class ADNTNPlan:
             f"ADNTNPlan({self.out_features}, {self.in_features}, network={self.network!r}, "
             f"bond_dim={list(self.bond_dims)}, activation={list(self.activations)}, "
             f"final_activation={self.final_activation!r}, arity={self.arity}, "
-            f"num_sites={self.num_sites})"
+            f"num_sites={self.num_sites}"
+            + (f", layout={self.layout!r})" if self.layout != "paired" else ")")
         )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready constructor arguments; :meth:`from_dict` rebuilds the same plan."""
-        return {
+        """JSON-ready constructor arguments; :meth:`from_dict` rebuilds the same plan.
+
+        ``layout`` is written only when it is not ``"paired"``, so a paired plan reads in
+        an adntn that predates layouts, and a split plan is refused there (unknown field)
+        rather than misread.
+        """
+        data: dict[str, Any] = {
             "format": PLAN_FORMAT,
             "out_features": self.out_features,
             "in_features": self.in_features,
@@ -571,6 +628,9 @@ class ADNTNPlan:
             "num_sites": self.num_sites,
             "disentangler_rank": self.disentangler_rank,
         }
+        if self.layout != "paired":
+            data["layout"] = self.layout
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ADNTNPlan:
@@ -641,6 +701,7 @@ _PLAN_FIELDS = (
     "arity",
     "num_sites",
     "disentangler_rank",
+    "layout",
 )
 #: One entry of the frontier while a program is built: (node, value name, legs, bond leg).
 _Frontier = tuple[TreeNode, str, tuple[str, ...], str]
