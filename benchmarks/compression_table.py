@@ -15,7 +15,9 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    number counts), fit each layer (``init='svd'``, activation-aware on ``--calibration``
    training images), then fine-tune exactly as in step 2. ``<network>_linear`` rows: the
    same recipe with ``activation='identity'`` (a linear tree tensor network with the same
-   stored numbers), trained the same way: what the nonlinearity buys.
+   stored numbers), trained the same way: what the nonlinearity buys. The ``whole`` row:
+   the recipe ``<model>_whole``, which compresses the convolutions too (whole-network
+   compression), trained the same way.
 
 Every finished row is written at once to ``results/compression.json`` (committed) with its
 command, wall time and machine, and skipped by a later run with the same protocol, so the
@@ -57,7 +59,8 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- compression-table:start -->", "<!-- compression-table:end -->"
 MODELS = ("alexnet32", "vgg16_32")
 NETWORKS = ("ttn", "attn", "mera")
-RECIPES = ("dense", *NETWORKS, *(f"{n}_linear" for n in NETWORKS))
+#: ``whole``: the recipe ``<model>_whole`` (convolutions compressed too; see its description).
+RECIPES = ("dense", *NETWORKS, *(f"{n}_linear" for n in NETWORKS), "whole")
 
 
 def finetune(model: nn.Module, teacher: nn.Module, data, args, seed: int) -> float:
@@ -95,6 +98,7 @@ def layer_rows(model: nn.Module, cmodel: nn.Module) -> tuple[list[dict], object]
                 "shape": list(lr_.shape),
                 "bond_dims": list(lr_.bond_dims),
                 "num_sites": cmodel.adntn_layer_configs[lr_.name]["num_sites"],
+                "layout": cmodel.adntn_layer_configs[lr_.name].get("layout", "paired"),
                 "dense_params": lr_.dense_params,
                 "stored_params": lr_.stored_params,
                 "ratio": lr_.ratio,
@@ -261,7 +265,7 @@ def protocol_text(args: argparse.Namespace) -> str:
         f"batch {args.ft_batch_size}, Adam LR {args.ft_lr} dense parameters / {args.core_lr} "
         "ADNTN cores, cosine decay, CE + 0.5 KD at T=4 from the trained dense model); ADNTN "
         f"layers fitted first (init='svd', {args.fit_steps} Adam steps, activation-aware on "
-        f"{args.calibration} calibration images; a fit with relative error >= 0.9 is "
+        f"{args.calibration} calibration images; a fit whose error on those inputs is >= 0.9 is "
         "discarded for the Kaiming-scale initialisation); biases generated; *_linear rows: "
         "the same recipe with identity activations; test accuracy in float32 on 10,000 images"
     )

@@ -7,16 +7,18 @@ weight numbers (the bias stays dense on both sides) in two ways:
 * **ADNTN**: a TTN with tanh levels (the default activation), started from the
   hierarchical SVD of the trained weight (``init="svd"``) and fitted for ``--fit-steps``
   Adam steps (activation-aware on ``--calibration`` training images: the only data it
-  sees, no labels, no fine-tuning). The sites and bond dimensions are chosen without data:
-  among a few shapes with at most the budget's stored numbers, the one whose
-  hierarchical SVD has the smallest relative error;
+  sees, no labels, no fine-tuning). The site layout (paired, or split: row-only and
+  column-only sites, which contains truncated SVD), sites and bond dimensions are chosen
+  among a few shapes with at most the budget's stored numbers: the one whose hierarchical
+  SVD has the smallest error on the calibration inputs. A split plan of two sites has one
+  level and so no activation: it is a low-rank product fitted to the data;
 * **truncated SVD** with the largest rank that fits the same budget (rank 0, the zero
   matrix, when even rank 1 does not fit).
 
 Each row records the relative Frobenius error of the weight, the activation-aware error on
 the calibration inputs, the test accuracy of the model with that one layer replaced (no
-fine-tuning), whether ``compress``'s default rule would discard the fit (relative error >= 0.9; here
-every fit is kept and measured), and, with
+fine-tuning), whether ``compress``'s default rule would discard the fit (error on the
+calibration inputs >= 0.9; here every fit is kept and measured), and, with
 ``--random-init``, the same fit started from random cores. Rows are cached in
 ``results/fit_vs_svd.json`` as they finish (a later run skips them), each with its
 command, wall time and machine. Usage::
@@ -61,53 +63,66 @@ def weight_2d(module: nn.Module) -> torch.Tensor:
 
 
 def candidate_plans(shape: tuple[int, int], budget: int) -> list[ADNTNPlan]:
-    """TTN plans of ``shape`` with at most ``budget`` stored numbers: for each site count, the
-    largest uniform bond, and the largest bond doubling per level (capped at 64 per level)."""
+    """TTN plans of ``shape`` with at most ``budget`` stored numbers. For each site layout
+    (paired, split) and site count: the largest uniform bond, the largest bond doubling per
+    level, and (split) the largest bond halving per level, each level capped at 64."""
     m, n = shape
     plans = []
-    for sites in (2, 3, 4, 6, 8, 12):
-        height = max(ADNTNPlan(m, n, num_sites=sites, bond_dim=1).height, 1)
-        for growth in (1, 2):
+    shapes = [("paired", s, g) for s in (2, 3, 4, 6, 8, 12) for g in (1.0, 2.0)]
+    shapes += [("split", s, g) for s in (2, 3, 4, 5, 6) for g in (1.0, 2.0, 0.5)]
+    for layout, sites, growth in shapes:
+        height = max(ADNTNPlan(m, n, num_sites=sites, bond_dim=1, layout=layout).height, 1)
+        if growth != 1.0 and height == 1:
+            continue  # one bond level: growth changes nothing
 
-            def plan_for(
-                b: int, sites: int = sites, growth: int = growth, height: int = height
-            ) -> ADNTNPlan:
-                bonds = [min(b * growth**h, max(b, 64)) for h in range(height)]
-                return ADNTNPlan(
-                    m, n, network="ttn", num_sites=sites, bond_dim=bonds, activation="tanh"
-                )
+        def plan_for(
+            b: int, sites: int = sites, growth: float = growth, height: int = height, **kw: str
+        ) -> ADNTNPlan:
+            bonds = [max(1, min(round(b * growth**h), max(b, 64))) for h in range(height)]
+            return ADNTNPlan(
+                m, n, network="ttn", num_sites=sites, bond_dim=bonds, activation="tanh", **kw
+            )
 
-            lo, hi = 0, 1
-            while hi <= 4096 and plan_for(hi).num_parameters <= budget:
-                lo, hi = hi, hi * 2
-            while hi - lo > 1:  # plan_for(lo) fits (or lo == 0), plan_for(hi) does not
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if plan_for(mid).num_parameters <= budget else (lo, mid)
-            if lo >= 1 and plan_for(lo) not in plans:
-                plans.append(plan_for(lo))
+        lo, hi = 0, 1
+        while hi <= 4096 and plan_for(hi, layout=layout).num_parameters <= budget:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:  # plan_for(lo) fits (or lo == 0), plan_for(hi) does not
+            mid = (lo + hi) // 2
+            fits = plan_for(mid, layout=layout).num_parameters <= budget
+            lo, hi = (mid, hi) if fits else (lo, mid)
+        if lo >= 1 and plan_for(lo, layout=layout) not in plans:
+            plans.append(plan_for(lo, layout=layout))
     return plans
 
 
-def choose_plan(w: torch.Tensor, budget: int) -> tuple[ADNTNPlan | None, list[dict]]:
-    """The candidate whose hierarchical SVD (identity levels) has the smallest error."""
+def choose_plan(
+    w: torch.Tensor, budget: int, x_cal: torch.Tensor
+) -> tuple[ADNTNPlan | None, list[dict]]:
+    """The candidate whose hierarchical SVD (identity levels) has the smallest activation
+    error on the calibration inputs (ties: the smaller weight error)."""
     tried = []
-    best: tuple[float, ADNTNPlan | None] = (math.inf, None)
+    best: tuple[tuple[float, float], ADNTNPlan | None] = ((math.inf, math.inf), None)
+    ref = w.double()
     for plan in candidate_plans((w.shape[0], w.shape[1]), budget):
         lin = ADNTNPlan.from_dict({**plan.to_dict(), "activation": "identity"})
         gen = WeightGenerator(lin, dtype=torch.float64)
         svd_initialize(gen, w)
         with torch.no_grad():
-            err = float((gen.weight() - w.double()).norm() / w.double().norm())
+            gw = gen.weight()
+            err = float((gw - ref).norm() / ref.norm())
+            act = activation_error(gw, ref, x_cal)
         tried.append(
             {
+                "layout": plan.layout,
                 "num_sites": plan.num_sites,
                 "bond_dims": list(plan.bond_dims),
                 "stored": plan.num_parameters,
                 "hsvd_error": err,
+                "hsvd_activation_error": act,
             }
         )
-        if err < best[0]:
-            best = (err, plan)
+        if (act, err) < best[0]:
+            best = ((act, err), plan)
     return best[1], tried
 
 
@@ -164,7 +179,7 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
         f"{alias} {ratio}x: SVD rank {svd.rank}: error {svd.relative_error:.4f}, acc "
         f"{row['svd']['acc']:.4f}"
     )
-    plan, tried = choose_plan(ref, budget)
+    plan, tried = choose_plan(ref, budget, x_cal)
     row["candidates"] = tried
     if plan is None:
         row["adntn"] = None
@@ -180,6 +195,7 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
                 network="ttn",
                 bond_dim=list(plan.bond_dims),
                 num_sites=plan.num_sites,
+                layout=plan.layout,
                 activation="tanh",
                 bias="dense",
                 fit_steps=args.fit_steps,
@@ -194,15 +210,19 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
                 w = layer.dense_weight().double().reshape(ref.shape)
             entry = {
                 "init": init,
+                "layout": plan.layout,
                 "num_sites": plan.num_sites,
                 "bond_dims": list(plan.bond_dims),
-                "activation": "tanh",
+                "activation": "tanh" if plan.activations else "none (one level)",
                 "stored": plan.num_parameters,
                 "ratio": ref.numel() / plan.num_parameters,
                 "initial_relative_error": fit.initial_relative_error,
                 "fit_relative_error": fit.relative_error,
-                # compress() discards a fit at relative error >= 0.9 by default
-                "discarded": fit.relative_error >= DISCARD_AT,
+                "fit_activation_error": fit.activation_error,
+                "initial_objective": fit.initial_objective,
+                "objective": fit.objective,
+                # compress() discards a fit whose error (on the calibration inputs) is >= 0.9
+                "discarded": fit.error >= DISCARD_AT,
                 "relative_error": float((w - ref.double()).norm() / ref.double().norm()),
                 "activation_error": activation_error(w, ref.double(), x_cal),
                 "acc": accuracy(cm, test),
@@ -210,7 +230,7 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
             }
             row["adntn" if init == "svd" else "adntn_random_init"] = entry
             log(
-                f"{alias} {ratio}x: ADNTN {init} init {plan.num_sites} sites bonds "
+                f"{alias} {ratio}x: ADNTN {init} init {plan.layout} {plan.num_sites} sites bonds "
                 f"{list(plan.bond_dims)} ({entry['ratio']:,.0f}x): error "
                 f"{entry['relative_error']:.4f}{' (discarded)' if entry['discarded'] else ''}, "
                 f"acc {entry['acc']:.4f}"
@@ -227,7 +247,8 @@ def markdown(data: dict) -> str:
         f"Dense AlexNet-32: test accuracy {data.get('dense_acc', float('nan')):.4f}. "
         f"{data['protocol']}",
         "",
-        "| layer | target | ADNTN sites / bonds | ADNTN ratio | ADNTN error (act.) | ADNTN acc "
+        "| layer | target | ADNTN layout sites / bonds | ADNTN ratio | ADNTN error (act.) "
+        "| ADNTN acc "
         "| SVD rank | SVD ratio | SVD error (act.) | SVD acc | random-init error |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -239,7 +260,8 @@ def markdown(data: dict) -> str:
             acell = "| none fits | | | |"
         else:
             acell = (
-                f"| {a['num_sites']} / {a['bond_dims']} | {a['ratio']:,.0f}x | "
+                f"| {a.get('layout', 'paired')} {a['num_sites']} / {a['bond_dims']} | "
+                f"{a['ratio']:,.0f}x | "
                 f"{a['relative_error']:.3f} ({a['activation_error']:.3f})"
                 f"{' discarded' if a['discarded'] else ''} | {a['acc']:.4f} |"
             )
@@ -274,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     protocol = (
         f"ADNTN: TTN with tanh levels, init='svd', {args.fit_steps} Adam steps activation-aware "
-        f"on {args.calibration} training images (no labels, no fine-tuning); sites/bonds chosen "
-        "by the smallest hierarchical-SVD error within the budget; bias kept dense on both "
+        f"on {args.calibration} training images (no labels, no fine-tuning); site layout "
+        "(paired or split), sites and bonds chosen by the smallest activation error of the "
+        "hierarchical SVD within the budget; bias kept dense on both "
         "sides; ratio = dense weight numbers / stored weight numbers; errors are relative "
         "Frobenius errors of the weight (in brackets: on the calibration inputs' products)"
     )
