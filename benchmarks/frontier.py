@@ -4,7 +4,8 @@ fc6 (2304 -> 4096) and fc7 (4096 -> 4096) of a trained dense AlexNet-32 (``dense
 are compressed together at target ratios 10^2 .. 10^6 of their stored numbers (weights and
 generated biases; fc8 and the trunk stay dense). For each target and topology the plan is
 the largest uniform-bond one within the budget, split between the layers in proportion to
-their dense sizes (4 .. 12 sites tried per layer: more exceed the 26 einsum labels);
+their dense sizes (4 .. 12 sites tried per layer: more exceed the 26 einsum labels; the
+``*_split`` topologies use the split site layout, 2 .. 8 sites);
 targets no plan reaches (below about 1e5) are recorded as infeasible. Each point is then
 fitted (``init='svd'``) and fine-tuned exactly as a row of ``compression_table.py``
 (1 epoch, distillation, same LRs) and its test accuracy measured. Points are cached in
@@ -34,34 +35,41 @@ import compression_table as table  # noqa: E402
 from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-TOPOLOGIES = {  # name -> (network, activation)
-    "ttn": ("ttn", "tanh"),
-    "attn": ("attn", "tanh"),
-    "mera": ("mera", "tanh"),
-    "linear_ttn": ("ttn", "identity"),
+TOPOLOGIES = {  # name -> (network, activation, site layout)
+    "ttn": ("ttn", "tanh", "paired"),
+    "attn": ("attn", "tanh", "paired"),
+    "mera": ("mera", "tanh", "paired"),
+    "linear_ttn": ("ttn", "identity", "paired"),
+    "ttn_split": ("ttn", "tanh", "split"),
+    "linear_ttn_split": ("ttn", "identity", "split"),
 }
+#: Site counts tried per layout (paired: fewer than 4 sites make huge leaves).
+SITES = {"paired": (4, 6, 8, 10, 12), "split": (2, 3, 4, 6, 8)}
 LAYERS = {"fc6": (4096, 2304), "fc7": (4096, 4096)}
 TARGETS = (1e2, 1e3, 1e4, 3e4, 1e5, 1e6)
 
 
-def layer_stored(network: str, shape: tuple[int, int], sites: int, bond: int) -> int:
+def layer_stored(
+    network: str, shape: tuple[int, int], sites: int, bond: int, layout: str = "paired"
+) -> int:
     """Stored numbers of one layer: weight cores plus a bond-1 bias generator."""
-    w = ADNTNPlan(*shape, network=network, num_sites=sites, bond_dim=bond).num_parameters
+    plan = ADNTNPlan(*shape, network=network, num_sites=sites, bond_dim=bond, layout=layout)
+    w = plan.num_parameters
     b = ADNTNPlan(shape[0], 1, network=network, bond_dim=1).num_parameters
     return w + b
 
 
-def plan_for(network: str, target: float) -> dict | None:
+def plan_for(network: str, target: float, layout: str = "paired") -> dict | None:
     """Per layer the (sites, bond) with the most stored numbers within the budget share; the
     budget is split in proportion to the layers' dense sizes. None when nothing fits."""
     out = {}
     for name, shape in LAYERS.items():
         budget = (shape[0] * shape[1] + shape[0]) / target
         best = None
-        for sites in (4, 6, 8, 10, 12):
+        for sites in SITES[layout]:
             for bond in range(1, 257):
                 try:
-                    n = layer_stored(network, shape, sites, bond)
+                    n = layer_stored(network, shape, sites, bond, layout)
                 except ValueError:
                     break
                 if n > budget:
@@ -70,7 +78,12 @@ def plan_for(network: str, target: float) -> dict | None:
                     best = (sites, bond, n)
         if best is None:
             return None
-        out[name] = {"num_sites": best[0], "bond_dim": best[1], "stored": best[2]}
+        out[name] = {
+            "num_sites": best[0],
+            "bond_dim": best[1],
+            "stored": best[2],
+            "layout": layout,
+        }
     return out
 
 
@@ -128,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{topo}@{target:g}/s{args.seed}"
             if key in data["points"]:
                 continue
-            network, act = TOPOLOGIES[topo]
-            layers = plan_for(network, target)
+            network, act, layout = TOPOLOGIES[topo]
+            layers = plan_for(network, target, layout)
             if layers is None:
                 data["points"][key] = {"topology": topo, "target": target, "infeasible": True}
                 table.save(args.out, data)
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                         "bias_bond_dim": 1,
                     },
                     "layers": {
-                        n: {"num_sites": c["num_sites"], "bond_dim": c["bond_dim"]}
+                        n: {k: c[k] for k in ("num_sites", "bond_dim", "layout")}
                         for n, c in layers.items()
                     },
                 }

@@ -1,14 +1,21 @@
 #!/bin/bash
-# The long benchmark runs of this branch, one after the other, 1 thread each, resumable:
-# every script skips the rows already cached in its results JSON. Usage:
+# The long benchmark runs of #13, one after the other, resumable: every script skips the rows
+# already cached in its results JSON, so rerunning this continues where the last run stopped.
+# Usage (THREADS: torch threads per run; 2 on an otherwise idle 2-core box):
 #   nohup benchmarks/run_long.sh > benchmarks/results/logs/run_long.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=.:runtimes:models OMP_NUM_THREADS=1
+THREADS=${THREADS:-1}
+export PYTHONPATH=.:runtimes:models OMP_NUM_THREADS=$THREADS
 # run with the Python that has torch (activate the venv first, or set PYTHON)
 PYTHON=${PYTHON:-python}
-"$PYTHON" benchmarks/dense_models.py --models alexnet32 --seeds 0 --threads 1
-"$PYTHON" benchmarks/fit_vs_svd.py --threads 1
-if [ -f benchmarks/compression_table.py ]; then
-  "$PYTHON" benchmarks/compression_table.py --threads 1 --models alexnet32 --seeds 0,1,2
-fi
+"$PYTHON" benchmarks/fit_vs_svd.py --threads "$THREADS"
+# the rows the targets need first (3 seeds): dense, the TTN classifier, the whole network
+"$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models alexnet32 \
+  --recipes dense,ttn,whole --seeds 0,1,2
+# then the other topologies and the linear ablation
+"$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models alexnet32 --seeds 0,1,2
+"$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models vgg16_32 \
+  --recipes dense,ttn,whole --seeds 0,1,2
+"$PYTHON" benchmarks/frontier.py --threads "$THREADS"
+"$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models vgg16_32 --seeds 0,1,2
