@@ -18,7 +18,9 @@
    here: the torch-free runtime later substitutes each layer in the mode its policy picks
    with :func:`adntn_runtime.substitution.lower_model`.
 3. **Lowering.** Otherwise :func:`~adntn_runtime.substitution.lower_model` substitutes every
-   placeholder by its ``fused`` / ``regenerate`` / ``materialize`` / ``dense`` subgraph.
+   placeholder by its ``fused`` / ``regenerate`` / ``materialize`` / ``dense`` subgraph,
+   regenerate tiles of ``tile_rows`` rows (default: each layer's ``layer.tile_rows``, else the
+   plan's), and records each layer's placeholder and tile rows for ``adntn compile``.
 
 Every export is validated with ``onnx.checker.check_model(full_check=True)``, carries
 ``adntn`` metadata (producer, per-layer network / bond dims / mode / ratio and, for
@@ -57,6 +59,7 @@ from adntn_runtime.onnx_format import (
     register_schemas,
     set_metadata,
 )
+from adntn_runtime.plan import check_tile_rows
 from adntn_runtime.substitution import lower_model
 
 __all__ = ["EXPORT_MODES", "export_onnx", "export_onnx_model", "layer_spec"]
@@ -344,6 +347,21 @@ def _resolve_mode(
     return mode
 
 
+def _resolve_tile_rows(
+    tile_rows: object, layers: Mapping[str, ADNTNLayer]
+) -> int | dict[str, int | None]:
+    """Rows per regenerate tile, validated: ``tile_rows`` for every layer, or (``None``) what
+    each layer says (``layer.tile_rows``; ``None`` there: the plan's default)."""
+    if tile_rows is not None:
+        checked = check_tile_rows(tile_rows)
+        assert checked is not None
+        return checked
+    return {
+        name: check_tile_rows(layer.tile_rows, where=f"ADNTN layer {name or 'layer'!r}: ")
+        for name, layer in layers.items()
+    }
+
+
 @contextlib.contextmanager
 def _quiet_registry() -> Iterator[None]:
     """Silence the exporter's "torchvision is not installed, skipping torchvision::nms"
@@ -398,6 +416,7 @@ def export_onnx_model(
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, ADNTNLayer)}
     mode = _resolve_mode(mode, layers)
+    tiles = _resolve_tile_rows(tile_rows, layers)
     if not allow_nonfinite:
         _check_finite(layers)
     top = onnx.defs.onnx_opset_version()
@@ -424,7 +443,7 @@ def export_onnx_model(
             einsum=einsum,
             native_gelu=native_gelu,
             batch_hint=batch,
-            tile_rows=tile_rows,
+            tile_rows=tiles if isinstance(tiles, int) else {s.name: tiles[s.name] for s in specs},
         )
     _finish(proto, mode, specs)
     onnx.checker.check_model(proto, full_check=True)
@@ -526,11 +545,13 @@ def export_onnx(
         dynamic_batch: make the first input dimension symbolic (``batch``).
         einsum: ``Einsum`` nodes; ``False``: Transpose/Reshape/MatMul only (mobile builds).
         native_gelu: see :func:`adntn_runtime.layer_lowering.lower_layer`.
-        tile_rows: rows per tile in regenerate mode.
+        tile_rows: rows per tile in regenerate mode, for every layer (1..2**31-1); ``None``
+            (default): each layer's ``layer.tile_rows`` (``None`` there: the plan's, about
+            1/64 of the rows). Recorded in the file, so ``adntn compile`` tiles alike.
         allow_nonfinite: export ADNTN layers holding NaN / Inf (refused by default).
 
     Raises:
-        ValueError: bad mode / opset / a mode the network does not support, an example
+        ValueError: bad mode / opset / tile_rows / a mode the network does not support, an example
             input the model cannot take (checked before tracing), NaN / Inf in a layer.
         PermissionError: ``path``'s directory is not writable. Nothing is written on error.
     """

@@ -24,6 +24,7 @@ from adntn_export.checkpoint import load_checkpoint, load_model, save_model
 from adntn_export.cli import main as cli_main
 from adntn_export.onnx_export import export_onnx, export_onnx_model, layer_spec
 from adntn_runtime import onnx_lowering as lowering
+from adntn_runtime.onnx_format import PLACEHOLDER_RECORD_KEY, read_placeholder_records
 from adntn_runtime.onnx_lowering import (
     LayerSpec,
     layer_model,
@@ -140,6 +141,59 @@ def test_export_onnx_writes_valid_files(tmp_path, mode):
     with torch.no_grad():
         ref = model(x).numpy()
     assert _rel(_ort(proto, x.numpy()), ref) <= TOL
+
+
+def _row_tiles(proto: onnx.ModelProto, prefix: str) -> int:
+    """Row tiles a regenerate lowering emitted for one layer (its ``tile<n>/`` nodes)."""
+    return len(
+        {n.name.split("/")[1] for n in proto.graph.node if n.name.startswith(f"{prefix}/tile")}
+    )
+
+
+def _record_formats(proto: onnx.ModelProto) -> dict[str, int]:
+    return {
+        p.key[len(PLACEHOLDER_RECORD_KEY) :]: json.loads(p.value)["format"]
+        for p in proto.metadata_props
+        if p.key.startswith(PLACEHOLDER_RECORD_KEY)
+    }
+
+
+def test_export_tiles_and_records_tile_rows(tmp_path, capsys):
+    """Rows per regenerate tile (the export's ``tile_rows``, else each layer's
+    ``layer.tile_rows``) tile the lowering and are recorded with the layer's placeholder
+    (record format 2); a layer without one keeps a format-1 record (the plan's default)."""
+    model, shape = _build("model", "ttn")
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    plans = {"0": model[0].plan, "3": model[3].plan}
+    model[3].tile_rows = 4
+    proto = export_onnx_model(model, x[:1], mode="regenerate")
+    records = read_placeholder_records(proto)
+    assert {k: r.tile_rows for k, r in records.items()} == {"0": None, "3": 4}
+    assert _record_formats(proto) == {"0": 1, "3": 2}
+    assert _row_tiles(proto, "0") == len(plans["0"].row_tiles())
+    assert _row_tiles(proto, "3") == len(plans["3"].row_tiles(4)) < len(plans["3"].row_tiles())
+    assert _rel(_ort(proto, x.numpy()), ref) <= TOL
+    # the export's tile_rows, for every layer, from the API and the CLI
+    proto = export_onnx_model(model, x[:1], mode="regenerate", tile_rows=2)
+    assert {k: r.tile_rows for k, r in read_placeholder_records(proto).items()} == {"0": 2, "3": 2}
+    assert _row_tiles(proto, "3") == len(plans["3"].row_tiles(2))
+    assert _rel(_ort(proto, x.numpy()), ref) <= TOL
+    ckpt = save_model(model, tmp_path / "m.ckpt", example_input_shape=(1, *shape))
+    out = tmp_path / "m.onnx"
+    argv = ["export", str(ckpt), "-o", str(out), "--mode", "regenerate", "--tile-rows", "2"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    cli = onnx.load(str(out))
+    assert {k: r.tile_rows for k, r in read_placeholder_records(cli).items()} == {"0": 2, "3": 2}
+    assert _rel(_ort(cli, x.numpy()), ref) <= TOL
+    # bad values: the export's, and a layer's own
+    for bad in (0, -1, 10**12, "x"):
+        with pytest.raises(ValueError, match=r"tile_rows=.* is not valid: valid tile_rows: an int"):
+            export_onnx_model(model, x[:1], mode="regenerate", tile_rows=bad)
+    model[3].tile_rows = 0
+    with pytest.raises(ValueError, match=r"ADNTN layer '3': tile_rows=0 is not valid: valid"):
+        export_onnx_model(model, x[:1], mode="regenerate")
 
 
 def test_dense_parts_only_no_folded_adntn_weights():

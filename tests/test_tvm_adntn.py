@@ -113,7 +113,9 @@ def test_adntn_export_compiles_and_matches_ort(exports, x, tmp_path, net, mode, 
     layer = f"fixed by the export (adntn export --mode {mode})"
     if mode != "dense":  # a dense export keeps no cores: nothing to lower from the plan
         layer += "; lowered from the plan"
-    assert manifest.layers == {"0": {"mode": mode, "reason": layer}}
+    tiling = {"tile_rows": TILE_ROWS, "row_tiles": OUT // TILE_ROWS}  # the export's, recorded
+    extra = tiling if mode == "regenerate" else {}
+    assert manifest.layers == {"0": {"mode": mode, "reason": layer, **extra}}
     assert (manifest.materialize is not None) == (mode in ("materialize", "regenerate"))
 
 

@@ -88,6 +88,12 @@ def input_shape(model: Any) -> tuple[int, ...]:
 # full training run, an existing directory given as -o after an export).
 
 
+def _bound(value: float | None) -> str:
+    """A range bound as written: whole numbers in full (2147483647, not 2.14748e+09)."""
+    assert value is not None
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def check_number(
     flag: str,
     value: float | None,
@@ -109,10 +115,10 @@ def check_number(
         ok = ok and value <= high
     if ok:
         return
-    lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-    hi = "" if high is None else f"<= {high:g}"
+    lo = "" if low is None else f"{'>' if low_open else '>='} {_bound(low)}"
+    hi = "" if high is None else f"<= {_bound(high)}"
     valid = (
-        f"in [{low:g}, {high:g}]"
+        f"in [{_bound(low)}, {_bound(high)}]"
         if lo and hi and not low_open
         else " and ".join(s for s in (lo, hi) if s)
     )

@@ -7,6 +7,7 @@ import argparse
 from adntn_export.commands._args import add_allow_nonfinite
 from adntn_export.commands._common import check_number, check_output_file
 from adntn_runtime.modes import ExportMode
+from adntn_runtime.plan import MAX_TILE_ROWS
 
 _MODES = tuple(m.value for m in ExportMode)
 
@@ -36,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Transpose/Reshape/MatMul instead of Einsum (ORT mobile builds)",
     )
     parser.add_argument(
+        "--tile-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            "rows per regenerate tile for every layer (default: each layer's own "
+            "layer.tile_rows, else about 1/64 of its rows); recorded for adntn compile"
+        ),
+    )
+    parser.add_argument(
         "--batch", type=int, default=1, help="batch size of the example input (default 1)"
     )
     parser.add_argument(
@@ -55,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_number("--batch", args.batch, low=1)
     check_number("--opset", args.opset, low=18, high=onnx.defs.onnx_opset_version())
+    check_number("--tile-rows", args.tile_rows, low=1, high=MAX_TILE_ROWS)
     check_output_file("-o/--output", args.output)
     ckpt = load_checkpoint(args.checkpoint, kind="model", allow_nonfinite=args.allow_nonfinite)
     assert ckpt.model is not None and ckpt.example_input_shape is not None
@@ -68,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         dynamic_batch=not args.static_batch,
         einsum=not args.no_einsum,
+        tile_rows=args.tile_rows,
         allow_nonfinite=args.allow_nonfinite,
     )
     size = path.stat().st_size

@@ -25,7 +25,8 @@ mode chosen for TVM. So do those of a fixed-mode file (``adntn export --mode
 fused|materialize|regenerate``): each layer's ``adntn.placeholder.<name>`` record gives its
 placeholder back (:func:`adntn_runtime.substitution.restore_placeholders` drops the nodes the
 export emitted), lowered in the export's mode unless ``--mode`` or the policy's limits ask
-otherwise. Files without records (older exports, ``dense``) are compiled as exported (their
+otherwise, a regenerate layer in the row tiles its export used (the record's ``tile_rows``).
+Files without records (older exports, ``dense``) are compiled as exported (their
 ``Einsum`` nodes go through TVM's own ``einsum``, with a note in the manifest). Every file is
 normalised first (:mod:`.normalize`).
 """
@@ -42,6 +43,7 @@ from typing import Any
 
 from adntn_export.tvm_backend.layer_modes import LayerMode
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
+from adntn_runtime.modes import LoweringMode
 from adntn_runtime.tvm.manifest import MANIFEST, Manifest, TensorInfo, sha256_of
 
 MATERIALIZE_FN = "materialize"
@@ -181,7 +183,7 @@ def _layer_modes(
     from adntn_runtime import onnx_lowering as lowering
     from adntn_runtime.substitution import restore_placeholders
 
-    restored: list[str] = []
+    restored: dict[str, Any] = {}
     fixed: dict[str, LayerMode] = {}
     if not lowering.placeholder_layers(model):
         fixed = file_layer_modes(model, mode=None)
@@ -207,11 +209,14 @@ def _layer_modes(
                     was = exported[n]
                     tail = f" (exported {was.mode.value})" if was is not None else ""
                     layers[n] = LayerMode(lm.mode, f"{lm.reason}{_FROM_PLAN}{tail}")
+        tiles = {n: r.tile_rows for n, r in restored.items() if r.tile_rows is not None}
+        layers = _with_tiling(model, layers, tiles)
         model = lowering.lower_model(
             model,
             {n: lm.mode.value for n, lm in layers.items()},
             einsum=False,
             batch_hint=run_batch,
+            tile_rows=tiles,
         )
         # layers an export lowered but recorded no placeholder for keep their nodes
         rest = {n: lm for n, lm in fixed.items() if n not in {_prefix(r) for r in restored}}
@@ -228,6 +233,40 @@ def _layer_modes(
         if mode is not None and not layers:
             notes.append(f"--mode {mode} ignored: the model has no ADNTN layer")
     return model, layers
+
+
+def _with_tiling(
+    model: Any, layers: dict[str, LayerMode], tiles: dict[str, int]
+) -> dict[str, LayerMode]:
+    """``layers`` with each regenerate placeholder layer's rows per tile (``tiles``, else the
+    plan's default) and its number of row tiles, for the manifest."""
+    import dataclasses
+
+    from onnx import helper
+
+    from adntn_runtime.onnx_format import is_placeholder
+    from adntn_runtime.plan import ADNTNPlan
+
+    out = dict(layers)
+    for node in model.graph.node:
+        if not is_placeholder(node):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        name = attrs.get("layer", b"").decode(errors="replace")
+        if name not in out or out[name].mode is not LoweringMode.REGENERATE:
+            continue
+        try:
+            plan = ADNTNPlan.from_json(attrs["plan"].decode(errors="replace"))
+        except (KeyError, ValueError, TypeError):
+            continue  # the lowering names the bad plan
+        rows = tiles.get(name)
+        try:
+            count = len(plan.row_tiles(rows))
+        except ValueError as exc:
+            where = f"its adntn.placeholder.{_prefix(name)} record's" if rows else "the default"
+            raise ValueError(f"layer {name!r} ({where} tile_rows): {exc}") from None
+        out[name] = dataclasses.replace(out[name], tile_rows=rows, row_tiles=count)
+    return out
 
 
 def prepare_relax(

@@ -20,7 +20,9 @@ What each mode means on TVM (:mod:`.compile` implements it):
 * ``materialize``: the cores are constants of a VM function ``materialize()`` that builds the
   weight once at load (Relax ``LiftTransformParams``); ``main`` takes the built weight.
 * ``regenerate``: the cores are returned unchanged by ``materialize()``; ``main`` rebuilds the
-  weight at every call (nothing of it is folded).
+  weight at every call (nothing of it is folded), one row tile at a time: a fixed file's
+  layer tiles as its export did (the record's ``tile_rows``), others by the plan's default;
+  ``manifest.json`` gives each regenerate layer's ``tile_rows`` (when set) and ``row_tiles``.
 * ``fused``: the input is contracted into the network; the cores are constants and only the
   input-independent factors are folded at compile time.
 """
@@ -42,14 +44,23 @@ LAYER_KEY = "adntn.layer."
 
 @dataclass(frozen=True)
 class LayerMode:
-    """The mode one ADNTN layer compiles in, and why (both go to ``manifest.json``)."""
+    """The mode one ADNTN layer compiles in, and why (both go to ``manifest.json``); for a
+    regenerate layer lowered from its plan, the rows per tile asked (``None``: the plan's
+    default) and the number of row tiles."""
 
     mode: LoweringMode
     reason: str
+    tile_rows: int | None = None
+    row_tiles: int | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready fields."""
-        return {"mode": self.mode.value, "reason": self.reason}
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the tiling only when known)."""
+        out: dict[str, Any] = {"mode": self.mode.value, "reason": self.reason}
+        if self.tile_rows is not None:
+            out["tile_rows"] = self.tile_rows
+        if self.row_tiles is not None:
+            out["row_tiles"] = self.row_tiles
+        return out
 
 
 def _specs(model: Any) -> dict[str, lowering.LayerSpec]:

@@ -18,8 +18,10 @@ A layer lowered at export whose cores stay initializers of the file (``fused``,
 ``materialize``, ``regenerate``) also records its placeholder (``adntn.placeholder.<name>``,
 :func:`record_placeholder`): the placeholder's attributes (the plan JSON among them), its
 input, parameter and output value names (the cores are referenced by name, not copied) and
-the names of the nodes its lowering emitted. :func:`read_placeholder_records` reads it back,
-validated, so that a backend can drop those nodes and lower the layer again from its plan.
+the names of the nodes its lowering emitted and, when the export was given one, the rows per
+regenerate tile (``tile_rows``: record format 2; a record without it, format 1, lowers with
+the plan's default). :func:`read_placeholder_records` reads it back, validated, so that a
+backend can drop those nodes and lower the layer again from its plan, as the export did.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from adntn_runtime.layer_spec import ConvSpec, LayerSpec
-from adntn_runtime.plan import ADNTNPlan
+from adntn_runtime.plan import MAX_TILE_ROWS, ADNTNPlan, check_tile_rows
 
 __all__ = [
     "ADNTN_DOMAIN",
@@ -320,8 +322,9 @@ def session_options_for(model: onnx.ModelProto | str | Any) -> Any:
 # ---------------------------------------------------------------------------- placeholder record
 #: Metadata key prefix of a lowered layer's placeholder record (``adntn.placeholder.<name>``).
 PLACEHOLDER_RECORD_KEY = "adntn.placeholder."
-#: Version of the record's JSON layout; a reader refuses others.
-PLACEHOLDER_RECORD_FORMAT = 1
+#: Version of the record's JSON layout: 1, or 2 when it records ``tile_rows`` (so that an
+#: adntn that would ignore the field refuses the record instead); a reader refuses others.
+PLACEHOLDER_RECORD_FORMAT = 2
 #: Bounds on what a record read from a file may hold (files are untrusted).
 _MAX_RECORD_CHARS = 64 * 2**20
 _MAX_NAME_CHARS = 1024
@@ -329,6 +332,8 @@ _MAX_RECORD_NODES = 200_000
 _MAX_INTS = 16
 _NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 _RECORD_FIELDS = {"format", "op_type", "inputs", "output", "attributes", "nodes"}
+#: Record format -> its fields (format 2 adds the rows per regenerate tile).
+_FIELDS_BY_FORMAT = {1: _RECORD_FIELDS, 2: _RECORD_FIELDS | {"tile_rows"}}
 
 
 @dataclass(frozen=True)
@@ -337,19 +342,27 @@ class PlaceholderRecord:
 
     ``node``: the ``ai.adntn`` placeholder (input: the layer's input value, then its parameter
     initializers; output: the layer's output value); ``nodes``: the names of the nodes the
-    export's lowering emitted for the layer (all between those values).
+    export's lowering emitted for the layer (all between those values); ``tile_rows``: the
+    rows per regenerate tile the export was given (``None``: the plan's default).
     """
 
     name: str
     node: onnx.NodeProto
     nodes: tuple[str, ...]
+    tile_rows: int | None = None
 
 
 def record_placeholder(
-    model: onnx.ModelProto, node: onnx.NodeProto, emitted: Sequence[str]
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    emitted: Sequence[str],
+    *,
+    tile_rows: int | None = None,
 ) -> None:
     """Record placeholder ``node`` of a layer lowered into the nodes named ``emitted``
-    (metadata ``adntn.placeholder.<layer prefix>``; see :func:`read_placeholder_records`)."""
+    (metadata ``adntn.placeholder.<layer prefix>``; see :func:`read_placeholder_records`),
+    with the rows per regenerate tile its lowering was given (``None``: the plan's default)."""
+    tile_rows = check_tile_rows(tile_rows)
     attrs = {}
     for a in node.attribute:
         value = helper.get_attribute_value(a)
@@ -358,14 +371,16 @@ def record_placeholder(
         elif isinstance(value, list):
             value = [v.decode() if isinstance(v, bytes) else int(v) for v in value]
         attrs[a.name] = value
-    record = {
-        "format": PLACEHOLDER_RECORD_FORMAT,
+    record: dict[str, Any] = {
+        "format": 1,
         "op_type": node.op_type,
         "inputs": list(node.input),
         "output": node.output[0],
         "attributes": attrs,
         "nodes": list(emitted),
     }
+    if tile_rows is not None:
+        record.update(format=PLACEHOLDER_RECORD_FORMAT, tile_rows=tile_rows)
     prefix = attrs.get("layer") or "layer"
     set_metadata(model, f"{PLACEHOLDER_RECORD_KEY}{prefix}", json.dumps(record, sort_keys=True))
 
@@ -411,15 +426,27 @@ def _read_record(key: str, text: str) -> PlaceholderRecord:
         record = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{where} is not JSON: {exc}") from None
-    if not isinstance(record, dict) or set(record) != _RECORD_FIELDS:
-        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+    if not isinstance(record, dict):
         raise ValueError(
-            f"{where}: a placeholder record has the fields {sorted(_RECORD_FIELDS)}, got {got}"
+            f"{where}: a placeholder record is a JSON object with the fields "
+            f"{sorted(_RECORD_FIELDS)}, got {type(record).__name__}"
         )
-    if record["format"] != PLACEHOLDER_RECORD_FORMAT:
+    fmt = record.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in _FIELDS_BY_FORMAT:
         raise ValueError(
-            f"{where}: record format {record['format']!r}; adntn reads format "
-            f"{PLACEHOLDER_RECORD_FORMAT} (re-export the model, or upgrade adntn)"
+            f"{where}: record format {repr(fmt)[:80]}; adntn reads formats "
+            f"{sorted(_FIELDS_BY_FORMAT)} (re-export the model, or upgrade adntn)"
+        )
+    if set(record) != _FIELDS_BY_FORMAT[fmt]:
+        raise ValueError(
+            f"{where}: a format-{fmt} placeholder record has the fields "
+            f"{sorted(_FIELDS_BY_FORMAT[fmt])}, got {sorted(record)}"
+        )
+    tile_rows = check_tile_rows(record.get("tile_rows"), where=f"{where}: ")
+    if fmt == 2 and tile_rows is None:
+        raise ValueError(
+            f"{where}: tile_rows=None is not valid: valid tile_rows in a format-2 record: an "
+            f"int in 1..{MAX_TILE_ROWS} (rows per regenerate tile)"
         )
     if record["op_type"] not in OP_TYPES.values():
         raise ValueError(
@@ -451,7 +478,7 @@ def _read_record(key: str, text: str) -> PlaceholderRecord:
         **checked,
     )
     placeholder_param_names(node)  # roles match the parameter inputs
-    return PlaceholderRecord(layer, node, emitted)
+    return PlaceholderRecord(layer, node, emitted, tile_rows)
 
 
 def read_placeholder_records(model: onnx.ModelProto) -> dict[str, PlaceholderRecord]:

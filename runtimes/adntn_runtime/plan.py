@@ -72,6 +72,7 @@ __all__ = [
     "CoreSpec",
     "CostEstimate",
     "TreeNode",
+    "check_tile_rows",
 ]
 
 NETWORKS: tuple[str, ...] = ("ttn", "attn", "mera")
@@ -92,6 +93,11 @@ MAX_ARITY = 26
 MAX_BOND = 2**16
 #: Largest core (elements): 2**26 float32 is 256 MiB, far above any useful ADNTN core.
 MAX_CORE_ELEMENTS = 2**26
+#: Most rows per regenerate tile accepted (a tile never needs more rows than a weight has).
+MAX_TILE_ROWS = MAX_FEATURES
+#: Most row tiles a regenerate schedule may have (each tile is a few ONNX nodes / kernels; a
+#: file's ``tile_rows`` of 1 on a huge layer must fail fast, not build millions of them).
+MAX_ROW_TILES = 2**14
 
 
 def _sites(
@@ -226,6 +232,21 @@ def _check_positive_int(value: object, parameter: str, high: int | None = None) 
         raise ValueError(f"{parameter} must be >= 1, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{parameter}={value} is out of range: valid {parameter}: 1..{high}")
+    return value
+
+
+def check_tile_rows(value: object, name: str = "tile_rows", *, where: str = "") -> int | None:
+    """``value`` as rows per regenerate tile: ``None`` (the plan's default) or an int in
+    ``1..MAX_TILE_ROWS``; else ``ValueError`` naming ``where`` (e.g. a file), ``name`` and the
+    value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TILE_ROWS:
+        raise ValueError(
+            f"{where}{name}={repr(value)[:80]} is not valid: valid {name}: an int in "
+            f"1..{MAX_TILE_ROWS} (rows per regenerate tile), or none for the plan's default "
+            "(about 1/64 of the rows)"
+        )
     return value
 
 
@@ -477,12 +498,14 @@ class ADNTNPlan:
 
         A tile fixes the digits ``i_0..i_{t-1}`` and takes a range of ``i_t``, so its
         rows are contiguous; ``t`` is the first digit whose unit (rows per value)
-        fits in ``tile_rows``.
+        fits in ``tile_rows``. At most :data:`MAX_ROW_TILES` tiles (``ValueError`` naming
+        ``tile_rows`` otherwise).
         """
         m = self.row_factors
-        if tile_rows is None:
-            tile_rows = max(1, self.rows_padded // 64)
-        tile_rows = _check_positive_int(tile_rows, "tile_rows")
+        default = max(1, self.rows_padded // 64)
+        tile_rows = _check_positive_int(
+            default if tile_rows is None else tile_rows, "tile_rows", MAX_TILE_ROWS
+        )
         unit = self.rows_padded
         t = 0
         for t in range(self.num_sites):
@@ -490,6 +513,13 @@ class ADNTNPlan:
             if unit <= tile_rows:
                 break
         chunk = max(1, min(m[t], tile_rows // unit))
+        count = math.prod(m[:t]) * -(-m[t] // chunk)  # padding tiles included: a bound
+        if count > MAX_ROW_TILES:
+            raise ValueError(
+                f"tile_rows={tile_rows} cuts this {self.out_features}x{self.in_features} "
+                f"weight into {count} row tiles, over the {MAX_ROW_TILES} allowed; valid: a "
+                f"larger tile_rows (the plan's default is {default})"
+            )
         tiles: list[Tile] = []
         prefixes: list[tuple[int, ...]] = [()]
         for d in range(t):

@@ -7,9 +7,10 @@ only in the function that lowers one layer. The pass rebuilds each layer's
 :class:`~adntn_runtime.layer_spec.LayerSpec` from its placeholder, replaces the node by the
 lowering's nodes, drops parameters nothing reads any more, and records in the file's
 metadata how each layer was lowered (``adntn.layer.<name>``) and, when its cores stay in the
-file, its placeholder (``adntn.placeholder.<name>``, which :func:`restore_placeholders` puts
-back in place of the layer's nodes), whether the session must keep
-constant folding off (``adntn.session_options``) and the IR version.
+file, its placeholder (``adntn.placeholder.<name>``, with the rows per regenerate tile the
+lowering was given; :func:`restore_placeholders` puts it back in place of the layer's nodes),
+whether the session must keep constant folding off (``adntn.session_options``) and the IR
+version.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from adntn_runtime.onnx_format import (
     IR_VERSION,
     NO_FOLDING_SESSION_OPTIONS,
     SESSION_OPTIONS_KEY,
+    PlaceholderRecord,
     default_opset,
     is_placeholder,
     placeholder_layers,
@@ -42,6 +44,7 @@ from adntn_runtime.onnx_format import (
     set_metadata,
     spec_from_node,
 )
+from adntn_runtime.plan import check_tile_rows
 
 __all__ = [
     "LayerLowerer",
@@ -49,6 +52,7 @@ __all__ = [
     "lower_model",
     "lower_placeholder",
     "resolve_modes",
+    "resolve_tile_rows",
     "restore_placeholders",
     "substitute_placeholders",
 ]
@@ -78,10 +82,30 @@ def resolve_modes(
     return {n: parse_mode(modes[n], kind, name=f"{name}[{n!r}]") for n in names}
 
 
+def resolve_tile_rows(
+    names: Sequence[str], tile_rows: object, *, name: str = "tile_rows"
+) -> dict[str, int | None]:
+    """Layer -> rows per regenerate tile (``None``: the plan's default), validated.
+
+    ``tile_rows``: ``None``, one int for every layer, or a mapping naming some of the layers
+    (the others get ``None``; a name that is no layer of the model is refused).
+    """
+    if not isinstance(tile_rows, Mapping):
+        return dict.fromkeys(names, check_tile_rows(tile_rows, name))
+    unknown = sorted(str(n)[:80] for n in tile_rows if n not in names)
+    if unknown:
+        raise ValueError(
+            f"{name} names {unknown}, not ADNTN layers of the model; valid names: {list(names)}"
+        )
+    return {n: check_tile_rows(tile_rows.get(n), f"{name}[{n!r}]") for n in names}
+
+
 def substitute_placeholders(
     model: onnx.ModelProto,
     modes: Mapping[str, Any],
     lower: LayerLowerer,
+    *,
+    tile_rows: Mapping[str, int | None] | None = None,
     **metadata: Any,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with every placeholder replaced by ``lower``'s nodes.
@@ -90,8 +114,11 @@ def substitute_placeholders(
         model: a model with ``ai.adntn`` placeholders (see :func:`resolve_modes` for
             ``modes``, already validated: layer name -> mode).
         lower: lowers one layer (see :data:`LayerLowerer`).
+        tile_rows: layer name -> the rows per regenerate tile ``lower`` was given, recorded
+            with the layer's placeholder (layers not named: the plan's default).
         metadata: extra entries of every layer's ``adntn.layer.<name>`` record.
     """
+    tiles = dict(tile_rows or {})
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -102,7 +129,7 @@ def substitute_placeholders(
     params: set[str] = set()
     no_folding = False
     opset = default_opset(out)
-    records: list[tuple[onnx.NodeProto, list[str]]] = []
+    records: list[tuple[onnx.NodeProto, list[str], int | None]] = []
     for node in graph.node:
         if not is_placeholder(node):
             nodes.append(node)
@@ -117,13 +144,13 @@ def substitute_placeholders(
         new_inits.extend(lowered.initializers)
         no_folding |= lowered.needs_no_constant_folding
         record_layer_metadata(out, spec, modes[spec.name], **lowered.info, **metadata)
-        records.append((node, [n.name for n in lowered.nodes]))
+        records.append((node, [n.name for n in lowered.nodes], tiles.get(spec.name)))
     used = {name for n in nodes for name in n.input}
     kept = [t for t in graph.initializer if t.name not in params or t.name in used]
     kept_names = {t.name for t in kept}
-    for node, emitted in records:  # layers whose cores stay in the file can be rebuilt
+    for node, emitted, rows in records:  # layers whose cores stay in the file can be rebuilt
         if all(name in kept_names for name in node.input[1:]):
-            record_placeholder(out, node, emitted)
+            record_placeholder(out, node, emitted, tile_rows=rows)
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
@@ -140,21 +167,22 @@ def substitute_placeholders(
 
 def restore_placeholders(
     model: onnx.ModelProto,
-) -> tuple[onnx.ModelProto, list[str], list[str]]:
+) -> tuple[onnx.ModelProto, dict[str, PlaceholderRecord], list[str]]:
     """A copy of a lowered model with each recorded layer's nodes replaced by its placeholder.
 
     Reads the ``adntn.placeholder.<name>`` records (:func:`~adntn_runtime.onnx_format.
     read_placeholder_records`). A layer is restored only when its recorded nodes are all in
     the graph, read nothing from outside but the layer's input and initializers, and nothing
     outside them reads any of their values but the layer's output; the initializers only
-    they read are dropped. Returns ``(model, restored layer names, notes)``: one note per
-    recorded layer left as it was, saying why.
+    they read are dropped. Returns ``(model, restored, notes)``: ``restored`` maps each
+    restored layer's name (its placeholder's ``layer``) to its record, whose ``tile_rows``
+    a re-lowering should pass on; one note per recorded layer left as it was, saying why.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     notes: list[str] = []
-    restored: list[str] = []
+    restored: dict[str, PlaceholderRecord] = {}
     for prefix, record in read_placeholder_records(out).items():
         ph = record.node
         names = set(record.nodes)
@@ -191,7 +219,7 @@ def restore_placeholders(
         stale = [vi for vi in graph.value_info if vi.name not in inner]
         del graph.value_info[:]
         graph.value_info.extend(stale)
-        restored.append(_layer_of(ph))
+        restored[_layer_of(ph)] = record
     if restored and not any(imp.domain == ADNTN_DOMAIN for imp in out.opset_import):
         out.opset_import.append(helper.make_opsetid(ADNTN_DOMAIN, 1))
     return out, restored, notes
@@ -227,31 +255,31 @@ def lower_model(
     einsum: bool = True,
     native_gelu: bool | None = None,
     batch_hint: int = 1,
-    tile_rows: int | None = None,
+    tile_rows: int | Mapping[str, int | None] | None = None,
 ) -> onnx.ModelProto:
     """Substitute every ``ai.adntn`` placeholder of ``model`` by its lowering; returns a copy.
 
     Args:
         model: a model exported with ``mode='auto'`` (placeholders + cores as initializers).
         modes: one mode for every layer, or layer name -> mode (every placeholder named).
-        einsum, native_gelu, batch_hint, tile_rows: see
-            :func:`~adntn_runtime.layer_lowering.lower_layer`.
+        einsum, native_gelu, batch_hint: see :func:`~adntn_runtime.layer_lowering.lower_layer`.
+        tile_rows: rows per regenerate tile, for every layer or per layer name (layers not
+            named: the plan's default); recorded with each layer's placeholder, so that a
+            re-lowering (``adntn compile``) tiles the layer as this one did.
 
     The result records per layer ``adntn.layer.<name>`` metadata (mode, network, bond dims,
     ratio, einsum) and, when a layer is regenerated, ``adntn.session_options`` (constant
     folding off); its IR version is :data:`~adntn_runtime.onnx_format.IR_VERSION`.
     """
-    per_layer = resolve_modes(placeholder_layers(model), modes, LoweringMode, name="modes")
+    names = placeholder_layers(model)
+    per_layer = resolve_modes(names, modes, LoweringMode, name="modes")
+    tiles = resolve_tile_rows(names, tile_rows)
+    options = {"einsum": einsum, "native_gelu": native_gelu, "batch_hint": batch_hint}
 
-    options = {
-        "einsum": einsum,
-        "native_gelu": native_gelu,
-        "batch_hint": batch_hint,
-        "tile_rows": tile_rows,
-    }
-    return substitute_placeholders(
-        model, per_layer, lambda *layer: lower_placeholder(*layer, **options)
-    )
+    def lower(spec: LayerSpec, mode: Any, node: onnx.NodeProto, opset: int) -> LoweredLayer:
+        return lower_placeholder(spec, mode, node, opset, tile_rows=tiles[spec.name], **options)
+
+    return substitute_placeholders(model, per_layer, lower, tile_rows=tiles)
 
 
 def layer_model(

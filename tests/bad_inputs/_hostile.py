@@ -118,6 +118,21 @@ def fused_model() -> onnx.ModelProto:
     return lowering.layer_model(spec, "fused", input_shape=["batch", 16])
 
 
+def regenerate_model(tile_rows: int = 4, out_features: int = 8) -> onnx.ModelProto:
+    """The regenerate lowering of the same layer (batch 1, so that ``adntn compile`` needs no
+    ``--batch``), its placeholder recorded with ``tile_rows``."""
+    torch.manual_seed(0)
+    spec = layer_spec(ADNTNLinear(16, out_features, bond_dim=2), "fc")
+    return lowering.layer_model(spec, "regenerate", input_shape=[1, 16], tile_rows=tile_rows)
+
+
+def tamper_record(model: onnx.ModelProto, **changes: Any) -> onnx.ModelProto:
+    """Change fields of the layer's placeholder record (``adntn.placeholder.fc``)."""
+    entry = next(p for p in model.metadata_props if p.key == "adntn.placeholder.fc")
+    entry.value = json.dumps({**json.loads(entry.value), **changes})
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     return path

@@ -127,6 +127,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["--batch", ">= 1", "got 0"]),
     ("export-opset-7", ["export", "{root}/mlp.pt", "-o", "{root}/m.onnx", "--opset", "7"],
      ["--opset", "in [18, ", "got 7"]),
+    ("export-tile-rows-0", ["export", "{root}/mlp.pt", "-o", "{root}/m.onnx", "--tile-rows", "0"],
+     ["--tile-rows", "in [1, 2147483647]", "got 0"]),
     ("demo-epochs-0", ["demo", "--quick", "--epochs", "0"], ["--epochs", ">= 1", "got 0"]),
     ("tune-trials-neg", ["tune", "{root}/m.onnx", "--target", "host", "--trials", "-2",
                          "-o", "{root}/t"], ["--trials", ">= 0", "-2"]),

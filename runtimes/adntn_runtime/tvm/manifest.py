@@ -47,8 +47,9 @@ class Manifest:
     materialize: str | None = None
     tuned: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    #: ADNTN layer name -> ``{"mode": LoweringMode, "reason": why}``.
-    layers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ADNTN layer name -> ``{"mode": LoweringMode, "reason": why}`` (+ a regenerate layer's
+    #: ``tile_rows``, when set, and ``row_tiles``).
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Serialise to JSON text."""
