@@ -6,7 +6,9 @@
 * :meth:`WeightGenerator.weight`: the whole ``(out, in)`` weight (materialize);
 * :meth:`WeightGenerator.weight_tiles`: the weight a block of rows at a time (regenerate);
 * :meth:`WeightGenerator.fused_matmul`: ``x @ W.T`` with ``x`` contracted into the
-  network, the weight never formed (fused).
+  network, the weight never formed (fused); for a split plan,
+  :meth:`WeightGenerator.low_rank_factors` gives the weight as a rank-``r`` product instead
+  (what a split convolution's fused mode runs as two convolutions).
 
 Results computed without autograd are cached and invalidated whenever a core
 changes (in-place optimiser updates, ``load_state_dict``, ``.to()``).
@@ -284,6 +286,24 @@ class WeightGenerator(nn.Module):
             return {k: env[k] for k in sch.cached_values}
 
         return self._cached(f"fused:{batch}", compute)
+
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split plan's weight as ``(left, right)``, ``W = left @ right`` (``left``:
+        ``(out_features, rank)``, ``right``: ``(rank, in_features)``; see
+        :meth:`ADNTNPlan.low_rank`), cached when autograd is off."""
+        plan = self.plan
+        form = plan.low_rank()
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            env: dict[str, torch.Tensor] = dict(self.cores.items())
+            with _generation_precision(self.cores):
+                _execute(form.steps, env)
+            left = env[form.left].permute(form.left_perm()).reshape(plan.rows_padded, form.rank)
+            right = env[form.right].permute(form.right_perm())
+            right = right.reshape(form.rank, plan.cols_padded)
+            return left[: plan.out_features], right[:, : plan.in_features]
+
+        return self._cached("low_rank", compute)
 
     def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for ``x`` of shape ``(batch, in_features)``; ``x`` is contracted into the

@@ -455,8 +455,11 @@ class ADNTNConv2d(ADNTNLayer):
     """A 2-D convolution whose kernel ``(out, in, kh, kw)`` is an ``(out, in*kh*kw)`` ADNTN.
 
     Arguments are those of ``nn.Conv2d`` (``groups=1``, zero padding) plus the
-    ADNTN ones of :class:`ADNTNLinear`. The fused mode unfolds the input
-    (im2col) and contracts the patches into the network.
+    ADNTN ones of :class:`ADNTNLinear`. The fused mode of a split plan (``layout="split"``)
+    is a low-rank convolution: ``x`` convolved with the column factor (``(rank, in, kh, kw)``,
+    the layer's stride, padding and dilation), then a 1x1 convolution with the row factor
+    (``(out, rank)``; :meth:`WeightGenerator.low_rank_factors`); that of a paired plan unfolds
+    the input (im2col) and contracts the patches into the network.
     """
 
     def __init__(
@@ -545,7 +548,13 @@ class ADNTNConv2d(ADNTNLayer):
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """im2col, then ``x`` contracted into the network; the kernel is never formed."""
+        """Split plan: two convolutions (column factor, then the row factor 1x1); paired plan:
+        im2col, then ``x`` contracted into the network. The kernel is never formed."""
+        if self.plan.layout == "split":
+            left, right = self.weight_generator.low_rank_factors()
+            kernel = right.reshape(right.shape[0], self.in_channels, *self.kernel_size)
+            t = F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation)
+            return F.conv2d(t, left[:, :, None, None])
         b, _, h, w = x.shape
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

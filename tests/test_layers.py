@@ -114,6 +114,43 @@ def test_conv_modes_agree_and_match_conv2d(network, stride, padding, dilation):
         assert rel(out[mode], ref) <= 1e-10, mode
 
 
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize(
+    ("cin", "cout", "num_sites", "stride", "padding", "dilation"),
+    [(7, 13, 6, 2, 1, 1), (5, 11, 2, 1, 2, 2), (7, 17, 5, 1, 0, 1)],
+)
+def test_split_conv_fused_is_two_convolutions(
+    network, cin, cout, num_sites, stride, padding, dilation, monkeypatch
+):
+    """A split plan's fused conv is Conv(x, K) then a 1x1 Conv with L (no unfold), equal to
+    materialize; (7, 13, 6 sites) pads both rows (15) and columns (64)."""
+    torch.manual_seed(6)
+    layer = ADNTNConv2d(
+        cin, cout, 3, stride=stride, padding=padding, dilation=dilation, network=network,
+        bond_dim=3, num_sites=num_sites, layout="split", bias="generated", dtype=torch.float64,
+    )  # fmt: skip
+    x = torch.randn(2, cin, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = layer(x)  # materialize
+    calls = []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "unfold", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(
+        torch.nn.functional, "conv2d", lambda *a, **k: calls.append(a[1].shape) or conv2d(*a, **k)
+    )
+    layer.mode = "fused"
+    with torch.no_grad():
+        y = layer(x)
+    rank = layer.plan.low_rank().rank
+    assert calls == [(rank, cin, 3, 3), (cout, rank, 1, 1)]
+    assert rel(y, ref) <= 1e-10
+    with torch.no_grad():
+        left, right = layer.weight_generator.low_rank_factors()
+        assert rel(left @ right, layer.weight_generator.weight()) <= 1e-12
+    layer(x).sum().backward()  # with autograd: recomputed each call, gradients reach every core
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
 # ---------------------------------------------------------------- the headline layer
 @pytest.mark.parametrize("network", NETWORKS)
 def test_4096_layer_compresses_1000x_and_modes_agree(network):

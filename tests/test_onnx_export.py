@@ -257,6 +257,70 @@ def test_mobile_usability_no_unsupported_ops_without_einsum(tmp_path):
     assert "Unsupported ops" not in log
 
 
+# ------------------------------------------------------------------ split convolutions
+#: (in, out, num_sites, stride, padding, dilation): 6 sites pad rows (15) and columns (64).
+SPLIT_CONVS = [(7, 13, 6, 2, 1, 1), (5, 11, 2, 1, 2, 2), (7, 17, 5, 1, 0, 1)]
+
+
+def _x_path(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes that depend on the graph input, in order."""
+    live, out = {proto.graph.input[0].name}, []
+    for node in proto.graph.node:
+        if live & set(node.input):
+            live.update(node.output)
+            out.append(node)
+    return out
+
+
+@pytest.mark.parametrize("einsum", [True, False], ids=["einsum", "matmul"])
+@pytest.mark.parametrize("shape", SPLIT_CONVS, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}")
+@pytest.mark.parametrize("network", NETWORKS)
+def test_split_conv_fused_is_a_low_rank_conv(network, shape, einsum):
+    """Fused split conv = Conv(x, K) then Conv1x1 with L (+ bias): no im2col, exactly two Conv
+    nodes on the x path, matching torch's materialize in ORT and onnx.reference, with K and L
+    built in-graph (lower_model) or precomputed from the fused constants (the runtime's way)."""
+    from adntn_runtime.session import lower_for_runtime
+
+    cin, cout, sites, stride, padding, dilation = shape
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        ADNTNConv2d(
+            cin,
+            cout,
+            3,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            network=network,
+            bond_dim=3,
+            num_sites=sites,
+            layout="split",
+            bias="generated",
+        )
+    ).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = export_onnx_model(model, torch.randn(2, cin, 9, 9), mode="auto")
+    for lowered in (
+        lower_model(auto, "fused", einsum=einsum),
+        lower_for_runtime(auto, "fused", einsum=einsum)[0],
+    ):
+        onnx.checker.check_model(lowered, full_check=True)
+        assert [n.op_type for n in _x_path(lowered)] == ["Conv", "Conv"]
+        assert not any("im2col" in n.name for n in lowered.graph.node)
+        rank = model[0].plan.low_rank().rank
+        for batch in (1, 3):
+            x = torch.randn(batch, cin, 9, 9)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            for run in (_ort, _reference):
+                y = run(lowered, x.numpy())
+                assert y.shape == ref.shape and _rel(y, ref) <= TOL, (run.__name__, batch)
+    inits = {t.name: tuple(t.dims) for t in lowered.graph.initializer}
+    assert inits["0/lowrank/kernel"] == (rank, cin, 3, 3)
+    assert inits["0/lowrank/mix"] == (cout, rank, 1, 1)
+
+
 # ------------------------------------------------------------------ golden
 @pytest.mark.parametrize("network", NETWORKS)
 def test_golden(network):

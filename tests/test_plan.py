@@ -362,3 +362,31 @@ def test_split_layout_fused_is_a_low_rank_product() -> None:
     assert np.linalg.matrix_rank(w) == 5
     fused = plan.cost("fused", batch=1)
     assert fused.flops <= 2 * 5 * (300 + 200) + 2 * 25
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize(
+    ("out_f", "in_f", "sites", "bond"),
+    [(13, 63, 6, 3), (20, 700, 2, 4), (100, 300, 5, [4, 8, 16]), (20, 700, 3, [2, 5])],
+)
+def test_split_low_rank_form(network, out_f, in_f, sites, bond) -> None:
+    """W = left @ right, left (out, rank), right (rank, in): the root goes into the side with
+    the larger open bond, so the rank is the smaller bond times the lateral legs."""
+    from adntn_runtime.reference import fused_constants, low_rank_factors
+
+    plan = ADNTNPlan(out_f, in_f, network=network, bond_dim=bond, num_sites=sites, layout="split")
+    cores = random_cores(plan, seed=2)
+    form = plan.low_rank()
+    bonds = [plan.cores["root"].shape[0], plan.cores["root"].shape[1]]
+    lateral = math.prod(form.dims[x] for x in form.rank_legs if x.startswith("s"))
+    assert form.rank == min(bonds) * lateral
+    assert (lateral > 1) == (network != "ttn" and sites > 2)
+    w = generate_weight(plan, cores)
+    for known in (None, fused_constants(plan, cores)):
+        left, right = low_rank_factors(plan, cores, known=known)
+        assert left.shape == (out_f, form.rank) and right.shape == (form.rank, in_f)
+        np.testing.assert_allclose(left @ right, w, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"layout='split'.*layout='paired'"):
+        ADNTNPlan(out_f, in_f).low_rank()
+    with pytest.raises(ValueError, match=r"final_activation='tanh'"):
+        ADNTNPlan(out_f, in_f, layout="split", final_activation="tanh").low_rank()

@@ -522,3 +522,41 @@ def test_split_layout_model_in_every_mode(tmp_path, modes):
         ref = model(x).numpy()
     s = load(auto, modes=modes, threads=1, calibrate=False)
     assert _rel(s.run(x.numpy())[0], ref) < TOL
+
+
+@pytest.mark.parametrize("einsum", [True, False])
+def test_split_conv_fused_loads_as_two_convolutions(tmp_path, einsum):
+    """adntn_runtime.load of an auto export with a split conv, fused: the runtime's lowering
+    (K and L computed once in numpy from the fused constants) matches torch, and ORT runs two
+    Conv nodes for the layer."""
+    from adntn_export import ADNTNConv2d
+
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        ADNTNConv2d(6, 20, 3, padding=1, network="attn", bond_dim=4, layout="split"),
+        nn.ReLU(),
+        ADNTNConv2d(
+            20,
+            13,
+            3,
+            stride=2,
+            network="mera",
+            bond_dim=3,
+            num_sites=5,
+            layout="split",
+            bias="generated",
+        ),
+    ).eval()
+    x = torch.randn(2, 6, 11, 11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = export_onnx(model, x, tmp_path / "conv.onnx", mode="auto")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    opt = tmp_path / "opt.onnx"
+    s = load(auto, modes="fused", threads=1, calibrate=False, einsum=einsum,
+             optimized_model_path=opt)  # fmt: skip
+    assert {d.mode for d in s.decisions.values()} == {"fused"}
+    assert _rel(s.run(x.numpy())[0], ref) < TOL
+    ops = [n.op_type for n in onnx.load(str(opt), load_external_data=False).graph.node]
+    assert ops.count("Conv") == 4 and not {"Einsum", "MatMul", "Gemm"} & set(ops), ops

@@ -225,3 +225,41 @@ def test_cli_compile_regenerate(exports, tmp_path, capsys):
     assert main(["compile", str(path), "--target", "host", "-o", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "(regenerate)" in out and "0: regenerate (fixed by the export" in out
+
+
+@pytest.mark.parametrize(("network", "einsum"), [("ttn", True), ("mera", False)])
+def test_split_conv_fused_compiles_as_two_convolutions(tmp_path, network, einsum):
+    """A split conv exported fused (a low-rank Conv + Conv1x1, padded rows and columns, stride
+    2) and an auto export compiled with --mode fused both match ONNX Runtime and torch."""
+    from adntn_export import ADNTNConv2d
+    from adntn_export.onnx_export import export_onnx
+
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(
+        ADNTNConv2d(
+            7,
+            13,
+            3,
+            stride=2,
+            padding=1,
+            network=network,
+            bond_dim=3,
+            num_sites=6,
+            layout="split",
+            bias="generated",
+        ),
+        torch.nn.ReLU(),
+    ).eval()
+    xt = torch.randn(BATCH, 7, 9, 9)
+    with torch.no_grad():
+        ref = model(xt).numpy()
+    xc = xt.numpy()
+    for mode, compile_mode in (("fused", None), ("auto", "fused")):
+        path = export_onnx(model, xt, tmp_path / f"{mode}.onnx", mode=mode,
+                           dynamic_batch=False, einsum=einsum)  # fmt: skip
+        manifest = tc.compile_onnx(path, "host", tmp_path / f"out-{mode}", mode=compile_mode)
+        assert manifest.layers["0"]["mode"] == "fused"
+        got = tr.load(tmp_path / f"out-{mode}").run([xc])[0]
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-4)
+        if mode == "fused":
+            np.testing.assert_allclose(got, _ort(path, xc), atol=1e-5, rtol=1e-5)

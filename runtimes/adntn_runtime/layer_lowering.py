@@ -19,9 +19,21 @@ functions cannot hold initializers, so the cores would have to be passed in anyw
 other consumers in this repo (the TVM Einsum rewrite, ORT's mobile-usability checker,
 graph surgery in the runtime) walk ``graph.node`` only.
 
-Conv ``fused`` uses im2col as a grouped ``Conv`` against a fixed one-hot patch-extraction
-kernel of shape ``(C*kh*kw, 1, kh, kw)`` (``C*(kh*kw)**2`` floats: 20 KiB for 64 channels
-3x3), which ORT and ``onnx.reference`` both run, followed by the fused linear lowering.
+Conv ``fused``, split plan (``layout="split"``): a low-rank convolution. The weight is
+``W = left @ right`` (:meth:`~adntn_runtime.plan.ADNTNPlan.low_rank`: the row and the column
+subtree's values, the root core contracted into one of them), so
+``y = Conv1x1(Conv(x, K), L) + bias`` with ``K = right`` as a ``(rank, C, kh, kw)`` kernel
+(the layer's strides, pads and dilations) and ``L = left`` as an ``(out, rank, 1, 1)`` one.
+Both are built in-graph from the core initializers (the materialize steps below the root,
+then one contraction; ORT folds them at load), or, given the precomputed fused constants
+(the runtime's way), computed here once in numpy from the constants (the root's children)
+and the root core (:func:`~adntn_runtime.reference.low_rank_factors`) and stored as
+initializers. Padded rows are cropped from ``L``, padded columns from ``K``.
+
+Conv ``fused``, paired plan: im2col as a grouped ``Conv`` against a fixed one-hot
+patch-extraction kernel of shape ``(C*kh*kw, 1, kh, kw)`` (``C*(kh*kw)**2`` floats: 20 KiB
+for 64 channels 3x3), which ORT and ``onnx.reference`` both run, followed by the fused linear
+lowering.
 """
 
 from __future__ import annotations
@@ -41,7 +53,8 @@ from adntn_runtime.onnx_format import (
     param_inits,
 )
 from adntn_runtime.plan import ADNTNPlan
-from adntn_runtime.schedule import Contract
+from adntn_runtime.reference import low_rank_factors
+from adntn_runtime.schedule import Contract, Schedule
 
 __all__ = ["GELU_OPSET", "LOWERING_MODES", "MIN_OPSET", "LoweredLayer", "lower_layer"]
 
@@ -159,6 +172,14 @@ def _tile_weights(
     return out
 
 
+def _check_constants(b: OnnxBuilder, sch: Schedule, constants: Mapping[str, np.ndarray]) -> None:
+    if set(constants) != sch.cached_values:
+        raise ValueError(
+            f"layer {b.prefix!r}: constants must be the fused schedule's cached values "
+            f"{sorted(sch.cached_values)}, got {sorted(constants)}"
+        )
+
+
 def _fused_2d(
     b: OnnxBuilder,
     plan: ADNTNPlan,
@@ -180,11 +201,7 @@ def _fused_2d(
     env = {**cores, "x": x}
     only = None
     if constants is not None:
-        if set(constants) != sch.cached_values:
-            raise ValueError(
-                f"layer {b.prefix!r}: constants must be the fused schedule's cached values "
-                f"{sorted(sch.cached_values)}, got {sorted(constants)}"
-            )
+        _check_constants(b, sch, constants)
         for value, array in constants.items():
             env[value] = b.constant(f"fused/cached/{value}", array)
         only = {step.output for step in sch.steps if step.uses_input}
@@ -234,6 +251,42 @@ def _linear_2d(
     return b.node("Add", [y, bias], "bias.add", output=output)
 
 
+def _low_rank_kernels(
+    b: OnnxBuilder, spec: LayerSpec, cores: Mapping[str, str], opts: _Options
+) -> tuple[str, str]:
+    """The kernels ``K`` ``(rank, C, kh, kw)`` and ``L`` ``(out, rank, 1, 1)`` of a split
+    convolution's fused lowering (see the module docstring)."""
+    plan, conv = spec.plan, spec.conv
+    assert conv is not None
+    c, (kh, kw) = conv.in_channels, conv.kernel_shape
+    out, inp = plan.out_features, plan.in_features
+    form = plan.low_rank()
+    r = form.rank
+    if opts.constants is not None:  # the runtime's way: computed here, once, in numpy
+        _check_constants(b, plan.schedule("fused", batch=opts.batch), opts.constants)
+        left, right = low_rank_factors(plan, spec.cores, known=opts.constants)
+        kernel = b.tensor("lowrank/kernel", right.astype(np.float32).reshape(r, c, kh, kw))
+        return kernel, b.tensor("lowrank/mix", left.astype(np.float32).reshape(out, r, 1, 1))
+    env = dict(cores)
+    b.run(form.schedule(), env, scope="lowrank/")
+    level = plan.root.height
+    right = env[form.right]
+    perm = form.right_perm(b.legs_of(right, form.right_legs))
+    if plan.cols_padded == inp:
+        kernel = b.view(right, perm, [r, c, kh, kw], "lowrank/kernel", level)
+    else:
+        right = b.view(right, perm, [r, plan.cols_padded], "lowrank/right", level)
+        right = b.slice(right, [0], [inp], [1], "lowrank/right.crop")
+        kernel = b.reshape(right, [r, c, kh, kw], "lowrank/kernel")
+    left = env[form.left]
+    perm = form.left_perm(b.legs_of(left, form.left_legs))
+    if plan.rows_padded == out:
+        return kernel, b.view(left, perm, [out, r, 1, 1], "lowrank/mix", level)
+    left = b.view(left, perm, [plan.rows_padded, r], "lowrank/left", level)
+    left = b.slice(left, [0], [out], [0], "lowrank/left.crop")
+    return kernel, b.reshape(left, [out, r, 1, 1], "lowrank/mix")
+
+
 def _conv(
     b: OnnxBuilder,
     spec: LayerSpec,
@@ -272,6 +325,11 @@ def _conv(
         else:
             y = b.node("Identity", parts, "regenerate/concat", output=final)
         return y if bias4 is None else b.node("Add", [y, bias4], "bias.add", output=output)
+    if plan.layout == "split":  # fused: a low-rank convolution, Conv then Conv1x1
+        kernel, mix = _low_rank_kernels(b, spec, cores, opts)
+        t = b.node("Conv", [x, kernel], "lowrank/conv", **attrs)
+        inputs = [t, mix] + ([] if bias is None else [bias])
+        return b.node("Conv", inputs, "lowrank/conv1x1", output=output, kernel_shape=[1, 1])
     # fused: im2col with a one-hot grouped Conv, then the fused linear lowering.
     kk = kh * kw
     onehot = np.zeros((c * kk, 1, kh, kw), np.float32)

@@ -80,6 +80,11 @@ class OnnxBuilder:
         self.nodes.append(node)
         return out
 
+    def legs_of(self, value: str, declared: Sequence[str]) -> tuple[str, ...]:
+        """The leg order ``value`` was written in by :meth:`run` (an intermediate may be
+        written in another order than its schedule declares), else ``declared``."""
+        return tuple(self._legs.get(value, declared))
+
     def tensor(self, name: str, array: np.ndarray) -> str:
         full = self.unique(name)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), full))

@@ -41,7 +41,10 @@ Topology, precisely:
 
 Modes: ``materialize`` contracts the whole weight; ``regenerate`` runs the same
 steps per row tile on sliced leaves; ``fused`` contracts the root's children
-(independent of ``x``, cached) with the root core and ``x`` itself.
+(independent of ``x``, cached) with the root core and ``x`` itself. For a split plan,
+:meth:`ADNTNPlan.low_rank` gives the weight as ``left @ right``, two ``x``-independent
+factors (the root core contracted into one subtree's value): what the fused mode of a split
+convolution runs as a ``(rank, C, kh, kw)`` convolution followed by a 1x1 one.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ __all__ = [
     "ADNTNPlan",
     "CoreSpec",
     "CostEstimate",
+    "LowRankForm",
     "TreeNode",
     "check_tile_rows",
 ]
@@ -225,6 +229,66 @@ class CostEstimate:
     stored_elements: int
 
 
+@dataclass(frozen=True)
+class LowRankForm:
+    """A split plan's weight as a rank-``rank`` product ``W = left @ right`` of two
+    ``x``-independent factors (:meth:`ADNTNPlan.low_rank`).
+
+    ``steps`` are the materialize schedule's steps below the root (they produce the row
+    subtree's value ``Rv`` and the column subtree's value ``Cv``), then one contraction of the
+    root core into the side whose open bond is larger (``Rv @ root`` on ties), so the rank is
+    the smaller bond times the lateral legs joining the two subtrees (attn/mera). Every value
+    a step writes has its declared legs; ``left`` has legs ``left_legs`` (a permutation of
+    ``row_legs + rank_legs``), ``right`` has ``right_legs`` (of ``rank_legs + col_legs``).
+    ``row_legs`` read as one index are the padded rows ``0..rows_padded-1`` (the column legs
+    of the row sites have size 1), ``col_legs`` likewise the padded columns.
+
+    Attributes:
+        steps: the ``x``-independent steps, in order (value names are the materialize
+            schedule's, so the fused schedule's cached root children can stand for theirs).
+        inputs: every core's legs; ``dims``: every leg's size.
+        left, right: the names of the two factors.
+        left_legs, right_legs: their legs as the steps write them.
+        row_legs, rank_legs, col_legs: the target orders (see above).
+    """
+
+    steps: tuple[Step, ...]
+    inputs: dict[str, tuple[str, ...]]
+    dims: dict[str, int]
+    left: str
+    left_legs: tuple[str, ...]
+    right: str
+    right_legs: tuple[str, ...]
+    row_legs: tuple[str, ...]
+    rank_legs: tuple[str, ...]
+    col_legs: tuple[str, ...]
+
+    @property
+    def rank(self) -> int:
+        """The number of terms of the product (the size of the rank legs together)."""
+        return math.prod(self.dims[x] for x in self.rank_legs)
+
+    def left_perm(self, legs: Sequence[str] | None = None) -> tuple[int, ...]:
+        """The permutation taking ``left`` (written with ``legs``, default ``left_legs``) to
+        ``(*row_legs, *rank_legs)``, which reshapes to ``(rows_padded, rank)``."""
+        have = tuple(self.left_legs if legs is None else legs)
+        return tuple(have.index(x) for x in (*self.row_legs, *self.rank_legs))
+
+    def right_perm(self, legs: Sequence[str] | None = None) -> tuple[int, ...]:
+        """The permutation taking ``right`` (written with ``legs``, default ``right_legs``)
+        to ``(*rank_legs, *col_legs)``, which reshapes to ``(rank, cols_padded)``."""
+        have = tuple(self.right_legs if legs is None else legs)
+        return tuple(have.index(x) for x in (*self.rank_legs, *self.col_legs))
+
+    def schedule(self) -> Schedule:
+        """The steps as a schedule (its output is the root contraction's value; the other
+        factor is an intermediate, or a core when its subtree is a single leaf)."""
+        last = self.steps[-1]
+        assert isinstance(last, Contract)
+        return Schedule("materialize", self.steps, dict(self.inputs), last.output,
+                        last.out_legs, dict(self.dims))  # fmt: skip
+
+
 def _check_positive_int(value: object, parameter: str, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{parameter} must be an int >= 1, got {value!r}")
@@ -344,6 +408,7 @@ class ADNTNPlan:
             if isinstance(step, Contract):
                 _ = step.equation  # raises if a step has more than 26 labels
         self._fused_cache: dict[int, Schedule] = {}
+        self._low_rank: LowRankForm | None = None
 
     # ------------------------------------------------------------------ topology
     def _build_tree(self, sites: tuple[int, ...]) -> TreeNode:
@@ -492,6 +557,25 @@ class ADNTNPlan:
                 self._fused_cache[batch], _ = self._build_program(fused=True, batch=batch)
             return self._fused_cache[batch]
         raise AssertionError(mode)  # pragma: no cover - parse_mode admits only the three
+
+    def low_rank(self) -> LowRankForm:
+        """This split plan's weight as a product ``left @ right`` of two ``x``-independent
+        factors (see :class:`LowRankForm`): how a split convolution runs as two convolutions
+        (``right`` as a ``(rank, C, kh, kw)`` kernel, then ``left`` as a 1x1 one).
+
+        Raises:
+            ValueError: a paired plan (its weight has no such product), or a nonlinear top
+                step (``final_activation``).
+        """
+        if self.layout != "split" or not self.top_is_linear:
+            raise ValueError(
+                f"low_rank needs layout='split' and a linear top step, but this plan has "
+                f"layout={self.layout!r}, final_activation={self.final_activation!r}; valid: "
+                "a split plan with final_activation=None"
+            )
+        if self._low_rank is None:
+            self._low_rank = _low_rank_form(self)
+        return self._low_rank
 
     def row_tiles(self, tile_rows: int | None = None) -> tuple[Tile, ...]:
         """Row tiles for the regenerate mode: fixed leading row digits and a range of the next.
@@ -864,6 +948,45 @@ class _Program:
             self.dims,
             row_legs=row_legs,
         )
+
+
+def _low_rank_form(plan: ADNTNPlan) -> LowRankForm:
+    """The :class:`LowRankForm` of a split plan: the materialize steps below the root, then
+    the root core contracted into the side with the larger open bond."""
+    sch = plan.schedule(Mode.MATERIALIZE)
+    top = plan.root.height
+    root_steps = [s for s in sch.contractions if s.level == top]
+    made = {s.output for s in root_steps}
+    legs = {
+        n: lg
+        for s in root_steps
+        for n, lg in zip(s.inputs, s.in_legs, strict=True)
+        if n not in made
+    }
+    root_legs = legs.pop("root")
+    row_sites, col_sites = (c.sites for c in plan.root.children)
+    rv, cv = sorted(legs, key=lambda n: f"i{row_sites[0]}" not in legs[n])
+    rv_legs, cv_legs = legs[rv], legs[cv]
+    laterals = tuple(x for x in rv_legs if x in cv_legs)
+    bond_r, bond_c = (next(x for x in root_legs if x in lg) for lg in (rv_legs, cv_legs))
+    row_legs = tuple(f"{a}{k}" for a in "ij" for k in row_sites)
+    col_legs = tuple(f"{a}{k}" for a in "ij" for k in col_sites)
+    if sch.dims[bond_c] <= sch.dims[bond_r]:  # root into the row side: rank = bond_c x lateral
+        rank_legs = (bond_c, *laterals)
+        left, right, output = "lowrank.left", cv, "lowrank.left"
+        operands, out_legs = [(rv, rv_legs), ("root", root_legs)], (*row_legs, *rank_legs)
+        left_legs, right_legs = out_legs, cv_legs
+    else:
+        rank_legs = (bond_r, *laterals)
+        left, right, output = rv, "lowrank.right", "lowrank.right"
+        operands, out_legs = [("root", root_legs), (cv, cv_legs)], (*rank_legs, *col_legs)
+        left_legs, right_legs = rv_legs, out_legs
+    step = plan_pairwise(operands, out_legs, sch.dims, output=output, level=top)
+    below = tuple(s for s in sch.steps if s.level < top)
+    return LowRankForm(
+        below + tuple(step), dict(sch.inputs), dict(sch.dims), left, left_legs, right,
+        right_legs, row_legs, rank_legs, col_legs,
+    )  # fmt: skip
 
 
 def _node_legs(

@@ -14,7 +14,7 @@ from adntn_runtime.modes import Mode, parse_mode
 from adntn_runtime.plan import ADNTNPlan
 from adntn_runtime.schedule import Contract, Schedule, Step
 
-__all__ = ["apply", "fused_constants", "generate_weight", "run_schedule"]
+__all__ = ["apply", "fused_constants", "generate_weight", "low_rank_factors", "run_schedule"]
 
 #: A two-operand einsum: ``numpy.einsum`` or a BLAS-backed one (``opt_einsum.contract``).
 Einsum = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
@@ -56,6 +56,32 @@ def fused_constants(
     env = dict(cores)
     _run_steps(sch.constant_steps, env, einsum)
     return {name: env[name] for name in sch.cached_values}
+
+
+def low_rank_factors(
+    plan: ADNTNPlan,
+    cores: Mapping[str, np.ndarray],
+    *,
+    known: Mapping[str, np.ndarray] | None = None,
+    einsum: Einsum = np.einsum,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split plan's weight as ``(left, right)`` with ``W = left @ right``: ``left`` of
+    shape ``(out_features, rank)``, ``right`` ``(rank, in_features)`` (see
+    :meth:`ADNTNPlan.low_rank`).
+
+    ``known``: values already computed (e.g. :func:`fused_constants`); those that name a
+    value of the form's steps (the root's children) are used instead of recomputed, the
+    others are ignored.
+    """
+    _check_cores(plan, cores)
+    form = plan.low_rank()
+    made = {s.output for s in form.steps}
+    env = dict(cores)
+    env.update({k: v for k, v in (known or {}).items() if k in made})
+    _run_steps((s for s in form.steps if s.output not in env), env, einsum)
+    left = env[form.left].transpose(form.left_perm()).reshape(plan.rows_padded, form.rank)
+    right = env[form.right].transpose(form.right_perm()).reshape(form.rank, plan.cols_padded)
+    return left[: plan.out_features], right[:, : plan.in_features]
 
 
 def _check_cores(plan: ADNTNPlan, cores: Mapping[str, np.ndarray]) -> None:
