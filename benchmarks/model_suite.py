@@ -52,8 +52,12 @@ CACHE = RESULTS / "cache" / "model_suite"
 SCHEMA = "adntn.model_suite/1"
 MB = 2**20
 
-#: Recipes per model; ``vgg16_ttn_conv`` (defined below) also compresses conv4_*/conv5_*.
-RECIPES = {"alexnet": ["alexnet_ttn"], "vgg16": ["vgg16_ttn", "vgg16_ttn_conv"]}
+#: Recipes per model; ``vgg16_ttn_conv`` (defined below) also compresses conv4_*/conv5_*;
+#: ``*_whole`` compress (almost) every convolution too, in the split layout (low-rank convs).
+RECIPES = {
+    "alexnet": ["alexnet_ttn", "alexnet_whole"],
+    "vgg16": ["vgg16_ttn", "vgg16_ttn_conv", "vgg16_whole"],
+}
 ORT_CONFIGS = ("fused", "materialize", "regenerate", "auto", "auto_budget")
 RUNTIMES = ("ort2", "ort1", "tvm", "tvm_tuned")
 #: memory_budget_mb of the ``auto_budget`` configuration (ADNTN layers in total).
