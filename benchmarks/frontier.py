@@ -6,11 +6,11 @@ generated biases; fc8 and the trunk stay dense). For each target and topology th
 the largest uniform-bond one within the budget, split between the layers in proportion to
 their dense sizes (4 .. 12 sites tried per layer: more exceed the 26 einsum labels; the
 ``*_split`` topologies use the split site layout, 2 .. 8 sites);
-targets no plan reaches (below about 1e5) are recorded as infeasible. Each point is then
-fitted (``init='svd'``) and fine-tuned exactly as a row of ``compression_table.py``
-(1 epoch, distillation, same LRs) and its test accuracy measured. Points are cached in
-``results/frontier.json`` as they finish (a later run skips them); ``--plot`` draws
-``frontier.png`` from the JSON (accuracy vs ratio, one line per topology). Usage::
+targets no plan reaches (1e5 and above: fewer numbers than the smallest plan) are recorded
+as infeasible. Each point is then fitted (``init='svd'``) and fine-tuned exactly as a row of
+``compression_table.py`` (1 epoch, distillation, same LRs) and its test accuracy measured.
+Points are cached in ``results/frontier.json`` as they finish (a later run skips them);
+``--plot`` draws ``frontier.png`` from the JSON (accuracy vs ratio, one line per topology). Usage::
 
     PYTHONPATH=.:runtimes:models python benchmarks/frontier.py --threads 1
     PYTHONPATH=.:runtimes:models python benchmarks/frontier.py --plot
