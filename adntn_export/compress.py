@@ -333,10 +333,12 @@ def compress(
             dense one (at extreme compression the fit shrinks ``W`` towards zero, which would
             silence the layer for the fine-tuning), rescale it to the dense Frobenius norm.
             A fit from ``init="svd"`` is the tree's truncation of ``W_d``: left as fitted.
-        discard_fit_above: Discard a fit whose error (``FitResult.error``: the activation
-            error with ``calibration``, else the weight error) stays at or above this (it
-            learned nothing and trains worse than a fresh start): the layer keeps its
-            Kaiming-scale initialisation, ``FitResult.discarded`` is set; ``>= 1.0`` keeps all.
+        discard_fit_above: Discard a fit whose relative weight error stays at or above this
+            and, with ``calibration``, whose error on the calibration inputs stays at or
+            above :data:`~adntn_export.fitting.ACTIVATION_KEEP_BELOW` (0.5) (it learned
+            nothing and trains worse than a fresh start; :meth:`FitResult.learned_nothing`):
+            the layer keeps its Kaiming-scale initialisation and ``FitResult.discarded`` is
+            set; ``math.inf`` keeps every fit.
         init: Where each fit starts: ``"svd"`` (default; :mod:`adntn_export.svd_init`, exact
             when the weight is representable with identity activations) or ``"random"``.
         verbose: Print one line per layer.
@@ -447,7 +449,7 @@ def _replacement(
         init=fit_args["init"],
         **kwargs,
     )
-    if result.error >= discard_fit_above:
+    if result.learned_nothing(discard_fit_above):
         # The fit captured nothing (typical at >500x on a trained weight): its cores are
         # noise at the dense scale, which hurts the fine-tuning that follows (run `adntn
         # demo` with discard_fit_above=1.0 in DEMO_COMPRESSION to see it). Start from the

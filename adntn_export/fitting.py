@@ -22,7 +22,11 @@ from adntn_export.svd_init import INITS, svd_initialize
 if TYPE_CHECKING:
     from adntn_export.layers import ADNTNLayer
 
-__all__ = ["FitResult", "capture_layer_inputs", "fit_layer"]
+__all__ = ["ACTIVATION_KEEP_BELOW", "FitResult", "capture_layer_inputs", "fit_layer"]
+
+#: A fit whose relative error on the calibration inputs is below this is kept, whatever its
+#: weight error (see :meth:`FitResult.learned_nothing`).
+ACTIVATION_KEEP_BELOW = 0.5
 
 
 def capture_layer_inputs(
@@ -75,6 +79,23 @@ class FitResult:
 
     def __float__(self) -> float:
         return self.relative_error
+
+    def learned_nothing(
+        self, weight_above: float = 0.9, activation_above: float | None = None
+    ) -> bool:
+        """True when the fit reproduces neither the weight (relative error >= ``weight_above``)
+        nor, with calibration inputs, the layer's outputs on them (relative error >=
+        ``activation_above``, default :data:`ACTIVATION_KEEP_BELOW`).
+
+        Either is enough to keep a fit: a low-rank fit of a trained layer keeps most of its
+        outputs with a weight error above 0.9, and a fit that shrinks the weight towards zero
+        lowers the output error a little without capturing anything (such a layer then
+        silences the network for the fine-tuning that follows).
+        """
+        if self.relative_error < weight_above:
+            return False
+        limit = ACTIVATION_KEEP_BELOW if activation_above is None else activation_above
+        return self.activation_error is None or self.activation_error >= limit
 
     @property
     def error(self) -> float:

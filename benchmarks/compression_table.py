@@ -265,9 +265,10 @@ def protocol_text(args: argparse.Namespace) -> str:
         f"batch {args.ft_batch_size}, Adam LR {args.ft_lr} dense parameters / {args.core_lr} "
         "ADNTN cores, cosine decay, CE + 0.5 KD at T=4 from the trained dense model); ADNTN "
         f"layers fitted first (init='svd', {args.fit_steps} Adam steps, activation-aware on "
-        f"{args.calibration} calibration images; a fit whose error on those inputs is >= 0.9 is "
-        "discarded for the Kaiming-scale initialisation); biases generated; *_linear rows: "
-        "the same recipe with identity activations; test accuracy in float32 on 10,000 images"
+        f"{args.calibration} calibration images; a fit with weight error >= 0.9 and error on "
+        "those inputs >= 0.5 is discarded for the Kaiming-scale initialisation); biases "
+        "generated; *_linear rows: the same recipe with identity activations; test accuracy "
+        "in float32 on 10,000 images"
     )
 
 

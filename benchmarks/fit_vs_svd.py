@@ -17,8 +17,8 @@ weight numbers (the bias stays dense on both sides) in two ways:
 
 Each row records the relative Frobenius error of the weight, the activation-aware error on
 the calibration inputs, the test accuracy of the model with that one layer replaced (no
-fine-tuning), whether ``compress``'s default rule would discard the fit (error on the
-calibration inputs >= 0.9; here every fit is kept and measured), and, with
+fine-tuning), whether ``compress``'s default rule would discard the fit (weight error >= 0.9
+and error on the calibration inputs >= 0.5; here every fit is kept and measured), and, with
 ``--random-init``, the same fit started from random cores. Rows are cached in
 ``results/fit_vs_svd.json`` as they finish (a later run skips them), each with its
 command, wall time and machine. Usage::
@@ -221,8 +221,8 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
                 "fit_activation_error": fit.activation_error,
                 "initial_objective": fit.initial_objective,
                 "objective": fit.objective,
-                # compress() discards a fit whose error (on the calibration inputs) is >= 0.9
-                "discarded": fit.error >= DISCARD_AT,
+                # compress()'s default rule (FitResult.learned_nothing)
+                "discarded": fit.learned_nothing(DISCARD_AT),
                 "relative_error": float((w - ref.double()).norm() / ref.double().norm()),
                 "activation_error": activation_error(w, ref.double(), x_cal),
                 "acc": accuracy(cm, test),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import NETWORKS
@@ -193,3 +195,20 @@ def test_useless_fit_is_discarded_and_reported():
         discard_fit_above=2.0,
     )
     assert not kept.adntn_fit_report["0"].discarded
+
+
+def test_a_fit_is_kept_when_it_reproduces_the_weight_or_the_outputs():
+    """compress's discard rule: a low-rank fit of a trained layer (weight error above 0.9, but
+    the outputs on the calibration inputs kept) is kept; a fit that captures neither (a
+    weight shrunk towards zero lowers the output error only a little) is discarded."""
+    from adntn_export.fitting import ACTIVATION_KEEP_BELOW, FitResult
+
+    def fit(weight: float, act: float | None) -> FitResult:
+        return FitResult(weight, 1.0, 10, 0.1, activation_error=act)
+
+    assert not fit(0.5, None).learned_nothing(0.9)
+    assert fit(0.95, None).learned_nothing(0.9)
+    assert not fit(0.95, 0.14).learned_nothing(0.9)  # fc6 at 100x, split layout
+    assert fit(0.9987, 0.879).learned_nothing(0.9)  # fc8 of alexnet32_ttn
+    assert fit(0.99, ACTIVATION_KEEP_BELOW).learned_nothing(0.9)
+    assert not fit(1.0001, 0.99).learned_nothing(math.inf)
