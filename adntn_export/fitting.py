@@ -97,12 +97,6 @@ class FitResult:
         limit = ACTIVATION_KEEP_BELOW if activation_above is None else activation_above
         return self.activation_error is None or self.activation_error >= limit
 
-    @property
-    def error(self) -> float:
-        """The error a fit is judged by: the activation error with calibration inputs (how
-        the data uses the layer), else the weight error."""
-        return self.relative_error if self.activation_error is None else self.activation_error
-
 
 def _relative_error(w: torch.Tensor, ref: torch.Tensor) -> float:
     return float((w - ref).norm() / ref.norm().clamp_min(1e-30))
