@@ -66,6 +66,19 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return int(items[0]), int(items[1])
 
 
+def _check_core_lr(value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not 0 < float(value) <= 1
+    ):
+        raise ValueError(f"core_lr must be None or a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 #: Keys of :meth:`ADNTNLayer.config` shared by both layer kinds.
 _CONFIG_KEYS = (
     "network",
@@ -80,6 +93,7 @@ _CONFIG_KEYS = (
     "disentangler_rank",
     "layout",
     "bias_bond_dim",
+    "core_lr",
 )
 _SHAPE_KEYS = {
     "ADNTNLinear": ("in_features", "out_features"),
@@ -112,6 +126,7 @@ class ADNTNLayer(nn.Module):
         disentangler_rank: int | None,
         layout: str,
         bias_bond_dim: int,
+        core_lr: float | None,
         mode: str,
         tile_rows: int | None,
         init_std: float | None,
@@ -160,6 +175,7 @@ class ADNTNLayer(nn.Module):
             )
         self.tile_rows = tile_rows
         self._bias_bond_dim = bias_bond_dim
+        self.core_lr = _check_core_lr(core_lr)
         self._mode = Mode.MATERIALIZE
         self.mode = mode
 
@@ -234,6 +250,8 @@ class ADNTNLayer(nn.Module):
             "layout": plan.layout,
             "bias_bond_dim": self._bias_bond_dim,
         }
+        if self.core_lr is not None:  # written only when set: older readers accept the rest
+            cfg["core_lr"] = self.core_lr
         cfg.update(self._shape_config())
         return cfg
 
@@ -325,6 +343,12 @@ class ADNTNLinear(ADNTNLayer):
             :class:`~adntn_runtime.plan.ADNTNPlan` (``layout="split"``: row-only and
             column-only sites, a tree that contains truncated SVD).
         bias_bond_dim: bond dimension of the generated bias.
+        core_lr: fine-tuning learning rate of this layer's cores (weight and bias
+            generators), overriding :attr:`TrainConfig.core_lr
+            <adntn_export.training.TrainConfig.core_lr>` for this layer. A hint for
+            training only, kept in the config; a recipe sets it per layer (dense-like
+            factors, such as a rank-32 split convolution, want a dense-like LR, far below
+            the one that suits bond-2 cores).
         init_std: standard deviation of the generated weight at initialisation
             (default: PyTorch's ``nn.Linear`` default, ``1/sqrt(3*in_features)``).
 
@@ -350,6 +374,7 @@ class ADNTNLinear(ADNTNLayer):
         disentangler_rank: int | None = None,
         layout: str = "paired",
         bias_bond_dim: int = 2,
+        core_lr: float | None = None,
         init_std: float | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -372,6 +397,7 @@ class ADNTNLinear(ADNTNLayer):
             disentangler_rank=disentangler_rank,
             layout=layout,
             bias_bond_dim=bias_bond_dim,
+            core_lr=core_lr,
             mode=mode,
             tile_rows=tile_rows,
             init_std=init_std,
@@ -483,6 +509,7 @@ class ADNTNConv2d(ADNTNLayer):
         disentangler_rank: int | None = None,
         layout: str = "paired",
         bias_bond_dim: int = 2,
+        core_lr: float | None = None,
         init_std: float | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -518,6 +545,7 @@ class ADNTNConv2d(ADNTNLayer):
             disentangler_rank=disentangler_rank,
             layout=layout,
             bias_bond_dim=bias_bond_dim,
+            core_lr=core_lr,
             mode=mode,
             tile_rows=tile_rows,
             init_std=init_std,

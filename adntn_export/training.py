@@ -111,7 +111,8 @@ class TrainConfig:
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
         min_lr_ratio: Final LR as a fraction of ``lr``.
         core_lr: Learning rate of the ADNTN cores (weight and bias generators);
-            ``None``: ``lr``. Tiny cores often want a larger one.
+            ``None``: ``lr``. Tiny cores often want a larger one. A layer's own
+            ``core_lr`` (a recipe key; :class:`~adntn_export.layers.ADNTNLinear`) wins.
     """
 
     epochs: int = 3
@@ -279,17 +280,21 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    core_ids: set[int] = set()
-    if cfg.core_lr is not None:
-        for mod in model.modules():
-            if isinstance(mod, ADNTNLayer):
-                for gen in (mod.weight_generator, mod.bias_generator):
-                    if gen is not None:
-                        core_ids |= {id(p) for p in gen.parameters()}
+    """Parameter groups: the dense parameters at ``cfg.lr``; each ADNTN layer's cores at the
+    layer's own ``core_lr`` hint, else ``cfg.core_lr``, else ``cfg.lr``."""
+    core_lrs: dict[int, float] = {}
+    for mod in model.modules():
+        if isinstance(mod, ADNTNLayer):
+            lr = mod.core_lr if mod.core_lr is not None else cfg.core_lr
+            if lr is None:
+                continue
+            for gen in (mod.weight_generator, mod.bias_generator):
+                if gen is not None:
+                    core_lrs.update({id(p): lr for p in gen.parameters()})
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in core_ids]}]
-    if core_ids:
-        groups.append({"params": [p for p in trainable if id(p) in core_ids], "lr": cfg.core_lr})
+    groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in core_lrs]}]
+    for lr in sorted(set(core_lrs.values())):
+        groups.append({"params": [p for p in trainable if core_lrs.get(id(p)) == lr], "lr": lr})
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -7,7 +7,9 @@ ADNTN layers, exported in every mode and compiled with TVM once per session.
   every named requirement of ``tests/_requirements.py`` is met (checked when the test runs).
 * :data:`SMALL_ZOO` (default tests), :data:`MEDIUM_ZOO` and :data:`CANONICAL_ZOO` (slow
   tests): zoo model names. :func:`zoo_case` builds one (every ``nn.Linear`` compressed with
-  ``network``, bond dimension 4, seeded, unfitted) with its input and torch logits.
+  ``network``, bond dimension 4, seeded, unfitted) with its input and torch logits; a name
+  with :data:`WHOLE` appended (``"small_cnn+whole"``) also compresses every ``nn.Conv2d``
+  in the split layout (whole-network compression, the ``*_whole`` recipes' form).
 * Session fixtures ``zoo_export(name, mode, einsum=True)`` -> ONNX path and
   ``tvm_compiled(name, mode, target, einsum=True, compile_mode=None)`` -> OUTDIR: each file
   is written once per session (``tmp_path_factory``) whichever test asks first.
@@ -33,6 +35,8 @@ LOWERING_MODES: tuple[str, ...] = tuple(m.value for m in LoweringMode)
 SMALL_ZOO: tuple[str, ...] = ("mlp", "small_cnn")
 MEDIUM_ZOO: tuple[str, ...] = ("alexnet32", "vgg16_32")
 CANONICAL_ZOO: tuple[str, ...] = ("alexnet", "vgg16")
+#: Suffix of a corpus name whose convolutions are compressed too (split layout, 3 sites).
+WHOLE = "+whole"
 ZOO_INPUTS: dict[str, tuple[int, ...]] = {
     "mlp": (1, 1, 28, 28),
     "small_cnn": (1, 1, 28, 28),
@@ -98,17 +102,25 @@ class ZooCase:
 
 @functools.cache
 def zoo_case(name: str, network: str = "ttn") -> ZooCase:
-    """Zoo model ``name`` with every ``nn.Linear`` compressed (``network``, bond dim 4)."""
+    """Zoo model ``name`` with every ``nn.Linear`` compressed (``network``, bond dim 4); with
+    :data:`WHOLE` appended, every ``nn.Conv2d`` too (split layout, 3 sites, bond dim 4:
+    row-only and column-only subtrees with a tanh level; fused as a low-rank convolution)."""
     import torch
+    from torch import nn
 
     from adntn_export.compress import compress
     from adntn_models import get_model
 
+    model_name, whole = name.removesuffix(WHOLE), name.endswith(WHOLE)
     torch.manual_seed(0)
-    model = get_model(name)
+    model = get_model(model_name)
     compress(model, network=network, bond_dim=4, fit=False)
+    if whole:
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        split = {"layout": "split", "num_sites": 3}
+        compress(model, layers={n: split for n in convs}, bond_dim=4, fit=False)
     model.eval()
-    x = np.random.default_rng(1).standard_normal(ZOO_INPUTS[name]).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal(ZOO_INPUTS[model_name]).astype(np.float32)
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).numpy()
     return ZooCase(name, model, x, logits)

@@ -333,6 +333,7 @@ def test_from_conv_fits_kernel():
     [
         ADNTNLinear(30, 20, network="mera", bias="generated", mode="fused"),
         ADNTNConv2d(3, 8, 3, padding=1, stride=2, network="attn", bias="none"),
+        ADNTNConv2d(4, 8, 3, layout="split", num_sites=2, bond_dim=3, core_lr=1e-3),
     ],
 )
 def test_config_round_trip(layer):
@@ -355,6 +356,9 @@ def test_config_round_trip(layer):
             ValueError,
             r"mode 'fused' needs a linear top step.*'tanh'",
         ),
+        ({"core_lr": 0.0}, ValueError, r"core_lr must be None or a number in \(0, 1\], got 0.0"),
+        ({"core_lr": float("nan")}, ValueError, r"core_lr must be None or a number.*got nan"),
+        ({"core_lr": "fast"}, ValueError, r"core_lr must be None or a number.*got 'fast'"),
     ],
 )
 def test_bad_layer_arguments(kwargs, exc, match):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from adntn_export.training import (
     CHECKPOINT_NAME,
@@ -127,6 +128,29 @@ def test_fit_then_finetune_with_distillation_and_reconstruction(data):
     assert "layers.0" in student.adntn_fit_report
     assert res.test_accuracy is not None and res.test_accuracy > 0.5
     assert evaluate(student, test_ds)[1] == pytest.approx(res.test_accuracy)
+
+
+def test_optimizer_groups_cores_by_layer_core_lr():
+    """A layer's own core_lr wins over TrainConfig.core_lr; dense parameters keep lr."""
+    from adntn_export.layers import ADNTNLinear
+    from adntn_export.training import _make_optimizer
+
+    hinted = ADNTNLinear(8, 6, bond_dim=2, bias="generated", core_lr=1e-3)
+    plain = ADNTNLinear(6, 4, bond_dim=2)
+    model = nn.Sequential(hinted, nn.Tanh(), plain, nn.Linear(4, 3))
+    opt = _make_optimizer(model, TrainConfig(lr=3e-4, core_lr=3e-2, progress=False))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for p in [*hinted.weight_generator.parameters(), *hinted.bias_generator.parameters()]:
+        assert lr_of[id(p)] == 1e-3
+    for p in plain.weight_generator.parameters():
+        assert lr_of[id(p)] == 3e-2
+    assert lr_of[id(plain.bias)] == lr_of[id(model[3].weight)] == 3e-4
+    assert len(lr_of) == sum(1 for _ in model.parameters())
+    # without TrainConfig.core_lr the unhinted cores train at lr
+    opt = _make_optimizer(model, TrainConfig(lr=3e-4, progress=False))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {lr_of[id(p)] for p in plain.weight_generator.parameters()} == {3e-4}
+    assert {lr_of[id(p)] for p in hinted.weight_generator.parameters()} == {1e-3}
 
 
 TORCHRUN_SCRIPT = """

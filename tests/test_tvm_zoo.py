@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CANONICAL_ZOO, EXPORT_MODES, MEDIUM_ZOO, zoo_case
+from conftest import CANONICAL_ZOO, EXPORT_MODES, MEDIUM_ZOO, WHOLE, zoo_case
 
 pytest.importorskip("tvm")
 ort = pytest.importorskip("onnxruntime")
@@ -45,10 +45,13 @@ def _ort(path, x: np.ndarray) -> np.ndarray:
 FAST = [("small_cnn", m, True) for m in EXPORT_MODES if m != "regenerate"] + [
     ("mlp", "auto", True),
     ("mlp", "fused", False),
+    # whole-network compression (convolutions too, split layout): fused, and the plan file
+    ("small_cnn" + WHOLE, "fused", True),
+    ("small_cnn" + WHOLE, "auto", True),
 ]
 SLOW = [
     (name, mode, einsum)
-    for name in ("mlp", "small_cnn")
+    for name in ("mlp", "small_cnn", "small_cnn" + WHOLE)
     for mode in EXPORT_MODES
     for einsum in (True, False)
     if (name, mode, einsum) not in FAST and not (mode == "auto" and not einsum)
@@ -60,7 +63,12 @@ SLOW = [
 CANONICAL_MODES = {
     "alexnet": ("dense", "fused", "auto", "materialize", "regenerate"),
     "vgg16": ("dense", "fused", "auto", "materialize", "regenerate"),
+    # whole-network compression: the fused low-rank convolutions and the plan file
+    "alexnet" + WHOLE: ("fused", "auto"),
+    "vgg16" + WHOLE: ("fused",),
 }
+#: medium models with their convolutions compressed too
+MEDIUM_WHOLE_MODES = ("fused", "auto", "materialize")
 
 
 def _matrix():
@@ -71,7 +79,12 @@ def _matrix():
     for name in MEDIUM_ZOO:
         for mode in EXPORT_MODES:
             yield pytest.param(name, mode, True, id=f"{name}-{mode}", marks=pytest.mark.slow)
-    for name in CANONICAL_ZOO:
+    for name in MEDIUM_ZOO:
+        for mode in MEDIUM_WHOLE_MODES:
+            yield pytest.param(
+                name + WHOLE, mode, True, id=f"{name}{WHOLE}-{mode}", marks=pytest.mark.slow
+            )
+    for name in CANONICAL_MODES:
         for mode in CANONICAL_MODES[name]:
             yield pytest.param(name, mode, True, id=f"{name}-{mode}", marks=pytest.mark.slow)
 
@@ -82,7 +95,7 @@ def test_whole_model_matches_torch_everywhere(zoo_export, tvm_compiled, name, mo
     path = zoo_export(name, mode, einsum)
     if mode != "auto":  # ONNX Runtime cannot run ai.adntn placeholders
         _close(_ort(path, case.x), case.logits, "onnxruntime")
-        if name in ("mlp", "small_cnn"):
+        if name.removesuffix(WHOLE) in ("mlp", "small_cnn"):
             import onnx
             from onnx.reference import ReferenceEvaluator
 
@@ -133,17 +146,18 @@ def _need_aarch64() -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "mode"),
+    ("target", "mode", "name"),
     [
-        ("rpi4", "auto"),
-        ("rpi5", "fused"),
-        pytest.param("rpi4", "regenerate", marks=pytest.mark.slow),
+        ("rpi4", "auto", "small_cnn"),
+        ("rpi5", "fused", "small_cnn"),
+        ("rpi4", "fused", "small_cnn" + WHOLE),
+        pytest.param("rpi4", "regenerate", "small_cnn", marks=pytest.mark.slow),
     ],
 )
-def test_whole_model_under_qemu(tvm_compiled, target, mode):
+def test_whole_model_under_qemu(tvm_compiled, target, mode, name):
     _need_aarch64()
-    case = zoo_case("small_cnn")
-    out = tvm_compiled("small_cnn", mode, target, mode != "fused")
+    case = zoo_case(name)
+    out = tvm_compiled(name, mode, target, mode != "fused")
     outs, _ = tr.run_with_runner(out, [case.x])
     _close(outs[0].reshape(case.logits.shape), case.logits, f"tvm {target} (qemu)")
 
