@@ -1,8 +1,13 @@
 """What the resumable benchmark scripts share: one JSON of cached rows, saved atomically
-after every finished row, and the table block they keep up to date in a README."""
+after every finished row, and the table block they keep up to date in a README.
+
+Two runs of one script may share a results file (two parts of a table on two cores): a row
+is merged into the file as it is on disk, under a lock, so neither run drops the other's
+rows."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -44,9 +49,19 @@ def cache_row(
     note: str = "",
 ) -> None:
     """Record a finished row (with the command and machine that made it), save the JSON
-    and refresh the README's table: an interrupted run loses at most the row in progress."""
+    and refresh the README's table: an interrupted run loses at most the row in progress.
+
+    The rows another run saved to ``out`` meanwhile (same ``protocol``, if ``data`` has one)
+    are merged into ``data`` first, under an exclusive lock on ``out.lock``."""
     row["command"], row["machine"] = command, machine
-    data["rows"][key] = row
-    save(out, data)
-    write_readme(readme, markdown(data), *markers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            disk = json.loads(out.read_text())
+            if disk.get("protocol") == data.get("protocol"):
+                data["rows"] = {**disk.get("rows", {}), **data["rows"]}
+        data["rows"][key] = row
+        save(out, data)
+        write_readme(readme, markdown(data), *markers)
     log(f"{key}: row cached in {out}{note}")

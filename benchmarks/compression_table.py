@@ -102,6 +102,8 @@ def layer_rows(model: nn.Module, cmodel: nn.Module) -> tuple[list[dict], object]
                 "bond_dims": list(lr_.bond_dims),
                 "num_sites": cmodel.adntn_layer_configs[lr_.name]["num_sites"],
                 "layout": cmodel.adntn_layer_configs[lr_.name].get("layout", "paired"),
+                # the recipe's fine-tuning LR of this layer's cores (None: --core-lr)
+                "core_lr": cmodel.adntn_layer_configs[lr_.name].get("core_lr"),
                 "dense_params": lr_.dense_params,
                 "stored_params": lr_.stored_params,
                 "ratio": lr_.ratio,
