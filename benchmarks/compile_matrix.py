@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _results import cache_row, save, write_readme  # noqa: E402
+from _results import cache_row, save  # noqa: E402
 from dense_models import log, machine  # noqa: E402
 
 START, END = "<!-- compile-matrix:start -->", "<!-- compile-matrix:end -->"

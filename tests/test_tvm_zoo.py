@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CANONICAL_ZOO, EXPORT_MODES, MEDIUM_ZOO, WHOLE, zoo_case
+from conftest import EXPORT_MODES, MEDIUM_ZOO, WHOLE, zoo_case
 
 pytest.importorskip("tvm")
 ort = pytest.importorskip("onnxruntime")
