@@ -29,8 +29,11 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import fnmatch
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -65,6 +68,10 @@ _DEFAULTS: dict[str, Any] = {
 # Keys a recipe's "defaults" / per-layer entries may carry besides the ADNTN layer
 # arguments: they steer the fit rather than the layer.
 _FIT_KEYS = ("fit_steps", "fit_lr", "activation_weight")
+#: What decides which cores a fitted layer keeps (``compress(select=...)``).
+SELECTIONS = ("objective", "output")
+#: Calibration images per forward pass when scoring candidates by the model's output.
+_SCORE_CHUNK = 32
 
 
 def _recipe_dir() -> Any:
@@ -306,6 +313,7 @@ def compress(
     match_norm: bool = True,
     discard_fit_above: float = 0.9,
     init: str = "svd",
+    select: str = "objective",
     verbose: bool = False,
     **layer_kwargs: Any,
 ) -> nn.Module:
@@ -341,6 +349,18 @@ def compress(
             set; ``math.inf`` keeps every fit.
         init: Where each fit starts: ``"svd"`` (default; :mod:`adntn_export.svd_init`, exact
             when the weight is representable with identity activations) or ``"random"``.
+        select: Which cores each fitted layer keeps. ``"objective"`` (default): the fit's
+            (lowest objective seen), or a fresh initialisation under ``discard_fit_above``:
+            the start for fine-tuning. ``"output"`` (needs ``calibration``): of the fit,
+            its starting cores (with ``init="svd"``: the hierarchical SVD, which for a
+            two-site split plan is truncated SVD) and a fresh initialisation, the one whose
+            *model* output on the calibration inputs (the other layers dense) is closest to
+            the dense model's; for a model used without fine-tuning (data-free compression:
+            the fit's objective, a layer-output error, can favour cores that the rest of
+            the network reads worse). "Closest": the KL divergence of the softmax of the
+            model's outputs (a classifier's logits) from the dense model's.
+            ``discard_fit_above`` does not apply; ``discarded`` means the fresh
+            initialisation won. Costs three forward passes per layer.
         verbose: Print one line per layer.
         **layer_kwargs: Further ADNTN layer arguments for every chosen layer (``num_sites``...).
 
@@ -355,6 +375,10 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress needs an nn.Module, got {type(model).__name__}")
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown select {select!r}; valid: {list(SELECTIONS)}")
+    if select == "output" and (calibration is None or not fit):
+        raise ValueError("select='output' needs calibration inputs and fit=True")
     explicit = {"network": network, "bond_dim": bond_dim, "activation": activation, "bias": bias}
     defaults, layers = _layer_defaults(recipe, layers, explicit)
     defaults.update(layer_kwargs)
@@ -368,6 +392,7 @@ def compress(
         max_calibration_rows=max_calibration_rows,
         match_norm=match_norm,
         discard_fit_above=discard_fit_above,
+        select=select,
     )
     _swap_in(model, built, verbose=verbose)
     return model
@@ -384,13 +409,14 @@ def _build_all(
     max_calibration_rows: int,
     match_norm: bool,
     discard_fit_above: float,
+    select: str = "objective",
 ) -> dict[str, tuple[ADNTNLayer, FitResult | None]]:
     """Every replacement layer (fitted when ``fit``), built before the model is touched."""
     inputs: dict[str, torch.Tensor] = {}
     if calibration is not None and fit:
         inputs = _capture_inputs(model, list(chosen), calibration, max_calibration_rows)
     modules = dict(model.named_modules())
-    return {
+    built = {
         name: _replacement(
             modules[name],
             {**defaults, **overrides},
@@ -398,10 +424,89 @@ def _build_all(
             fit_args=fit_args,
             calibration=inputs.get(name),
             match_norm=match_norm,
-            discard_fit_above=discard_fit_above,
+            discard_fit_above=math.inf if select == "output" else discard_fit_above,
         )
         for name, overrides in chosen.items()
     }
+    if select == "output":
+        assert calibration is not None
+        for name, overrides in chosen.items():
+            layer, result = built[name]
+            assert result is not None
+            kwargs = {k: v for k, v in {**defaults, **overrides}.items() if k not in _FIT_KEYS}
+            built[name] = _select_by_output(
+                model, name, layer, result, kwargs, fit_args, inputs[name], calibration
+            )
+    return built
+
+
+@torch.no_grad()
+def _model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode, in chunks (the modules' train flags restored after)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return torch.cat([model(part) for part in x.split(_SCORE_CHUNK)])
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _output_divergence(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """KL(softmax(ref) || softmax(out)) over the last axis, the mean over the rest: how far
+    a classifier's predictions move (a logit error in norm can rank candidates the other
+    way: it is dominated by a shift common to every class, which no prediction sees)."""
+    ref_logp = ref.float().log_softmax(-1)
+    out_logp = out.float().log_softmax(-1)
+    kl = (ref_logp.exp() * (ref_logp - out_logp)).sum(-1)
+    return float(kl.mean())
+
+
+def _select_by_output(
+    model: nn.Module,
+    name: str,
+    fitted: ADNTNLayer,
+    result: FitResult,
+    kwargs: dict[str, Any],
+    fit_args: Mapping[str, Any],
+    layer_input: torch.Tensor,
+    calibration: torch.Tensor,
+) -> tuple[ADNTNLayer, FitResult]:
+    """Of the fit, its start and a fresh initialisation (see ``compress(select=...)``), the
+    layer whose model output on ``calibration`` is closest to the dense model's."""
+    dense = model.get_submodule(name)
+    from_dense = ADNTNLinear.from_linear if isinstance(dense, nn.Linear) else ADNTNConv2d.from_conv
+    start, start_result = from_dense(
+        dense,
+        steps=0,
+        calibration=layer_input,
+        activation_weight=fit_args["activation_weight"],
+        init=fit_args["init"],
+        **kwargs,
+    )
+    fresh = copy.deepcopy(fitted)
+    with torch.no_grad():
+        fresh.weight_generator.reset_parameters()
+    fresh_result = dataclasses.replace(result, discarded=True)
+    candidates = {
+        "fit": (fitted, result),
+        "start": (start, start_result),
+        "fresh": (fresh, fresh_result),
+    }
+    ref = _model_outputs(model, calibration)
+    errors = {}
+    for key, (layer, _) in candidates.items():
+        layer.train(dense.training)
+        _set_module(model, name, layer)
+        try:
+            out = _model_outputs(model, calibration)
+        finally:
+            _set_module(model, name, dense)
+        errors[key] = _output_divergence(out, ref)
+    best = min(errors, key=errors.__getitem__)
+    layer, chosen = candidates[best]
+    chosen.selected, chosen.output_errors = best, errors
+    return layer, chosen
 
 
 def _swap_in(
@@ -469,6 +574,9 @@ def _print_layer(name: str, new: ADNTNLayer, result: FitResult | None) -> None:
         err = f", fit error {result.relative_error:.4f}"
         if result.activation_error is not None:
             err += f" (on the calibration inputs {result.activation_error:.4f})"
+    if result is not None and result.output_errors is not None:
+        err += f", output KL {result.output_errors[result.selected]:.4f}"
+        err += f" (kept: {result.selected})"
     if result is not None and result.discarded:
         err += " (fit discarded: kept the initialisation)"
     print(

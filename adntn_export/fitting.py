@@ -76,6 +76,12 @@ class FitResult:
     discarded: bool = False
     objective: float = math.nan
     initial_objective: float = math.nan
+    #: ``compress(select="output")``: the candidate kept (``"fit"``, ``"start"``: the fit's
+    #: starting cores, ``"fresh"``: a fresh initialisation) and each candidate's KL divergence
+    #: of the model's predictions on the calibration inputs from the dense model's (the
+    #: other layers dense).
+    selected: str = "fit"
+    output_errors: dict[str, float] | None = None
 
     def __float__(self) -> float:
         return self.relative_error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -212,3 +213,75 @@ def test_a_fit_is_kept_when_it_reproduces_the_weight_or_the_outputs():
     assert fit(0.9987, 0.879).learned_nothing(0.9)  # fc8 of alexnet32_ttn
     assert fit(0.99, ACTIVATION_KEEP_BELOW).learned_nothing(0.9)
     assert not fit(1.0001, 0.99).learned_nothing(math.inf)
+
+
+def test_select_by_output_keeps_the_candidate_closest_to_the_dense_predictions():
+    """compress(select="output"): fit, start and fresh are each scored by the KL divergence of
+    the model's predictions on the calibration inputs; the layer kept is the argmin, and the
+    compressed model's divergence is the one recorded."""
+    from adntn_export.compress import _output_divergence
+
+    torch.manual_seed(0)
+    dense = get_model("small_cnn").train()  # train flags are restored after scoring
+    x = torch.randn(40, 1, 28, 28)
+    model = compress(
+        copy.deepcopy(dense),
+        layers=["classifier.0", "features.3"],
+        bond_dim=2,
+        calibration=x,
+        fit_steps=10,
+        select="output",
+    )
+    assert all(m.training for m in model.modules())
+    model.eval()
+    dense.eval()
+    for name, fit in model.adntn_fit_report.items():
+        assert set(fit.output_errors) == {"fit", "start", "fresh"}
+        assert fit.selected == min(fit.output_errors, key=fit.output_errors.__getitem__)
+        assert fit.discarded == (fit.selected == "fresh")
+        one = copy.deepcopy(dense)  # only this layer compressed: the score's setting
+        parent, _, child = name.rpartition(".")
+        setattr(one.get_submodule(parent), child, model.get_submodule(name))
+        with torch.no_grad():
+            kl = _output_divergence(one(x), dense(x))
+        assert kl == pytest.approx(fit.output_errors[fit.selected], rel=1e-4, abs=1e-7)
+
+
+def test_select_by_output_keeps_an_exact_start():
+    """A rank-3 weight in a two-site split plan of bond 3 (truncated SVD): the start is exact,
+    its divergence is zero and it is kept, whatever the fit did."""
+    torch.manual_seed(1)
+    lin = nn.Linear(24, 10)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(10, 3) @ torch.randn(3, 24))
+    model = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), lin)
+    out = compress(
+        copy.deepcopy(model),
+        layers=["2"],
+        layout="split",
+        num_sites=2,
+        bond_dim=3,
+        calibration=torch.randn(32, 8),
+        fit_steps=5,
+        select="output",
+    )
+    fit = out.adntn_fit_report["2"]
+    assert fit.output_errors["start"] < 1e-8
+    assert fit.output_errors[fit.selected] == min(fit.output_errors.values())
+    assert fit.output_errors["fresh"] > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"select": "accuracy"}, r"unknown select 'accuracy'; valid: \['objective', 'output'\]"),
+        ({"select": "output"}, r"select='output' needs calibration inputs and fit=True"),
+        (
+            {"select": "output", "fit": False, "calibration": torch.randn(2, 8)},
+            r"select='output' needs calibration inputs and fit=True",
+        ),
+    ],
+)
+def test_select_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compress(nn.Sequential(nn.Linear(8, 4)), layers=["0"], **kwargs)

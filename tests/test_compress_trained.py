@@ -34,3 +34,29 @@ def test_compress_weights_names_the_flag_on_a_bad_file(tmp_path) -> None:
         load_weights(get_model("small_cnn"), str(bad))
     with pytest.raises(ValueError, match="--weights .* is not a file"):
         load_weights(get_model("small_cnn"), str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.needs("fashion-mnist")
+def test_compress_weights_select_output(tmp_path, capsys) -> None:
+    """--select output: each layer keeps the candidate whose predictions stay closest."""
+    from adntn_models.datasets import DEFAULT_ROOT
+
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(get_model("small_cnn").state_dict(), weights)
+    out = tmp_path / "c.json"
+    argv = ["compress", "small_cnn", "--weights", str(weights), "--bond-dim", "2"]
+    argv += ["--root", str(DEFAULT_ROOT), "--calibration", "32", "--test-limit", "64"]
+    assert main([*argv, "--fit-steps", "5", "--select", "output", "--out", str(out)]) == 0
+    layers = json.loads(out.read_text())["fit_vs_svd"]["layers"]
+    for v in layers.values():
+        errors = v["fit_output_errors"]
+        assert set(errors) == {"fit", "start", "fresh"}
+        assert v["fit_selected"] == min(errors, key=errors.__getitem__)
+
+
+def test_compress_select_output_needs_root(tmp_path, capsys) -> None:
+    argv = ["compress", "small_cnn", "--fit", "--select", "output", "--out", str(tmp_path / "c")]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "--select output needs calibration images: give --root" in err

@@ -49,6 +49,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--calibration", type=int, default=256, help="calibration images (default 256)")
     p.add_argument("--test-limit", type=int, help="test images (default all)")
+    p.add_argument(
+        "--select",
+        choices=("objective", "output"),
+        default="objective",
+        help="which cores each fitted layer keeps: 'objective' (default: the fit's, or a fresh "
+        "start when it learned nothing: for fine-tuning) or 'output' (of the fit, its SVD start "
+        "and a fresh start, the one whose model predictions on the calibration images stay "
+        "closest to the dense model's: for use without fine-tuning; needs --root)",
+    )
     add_compress_args(p)
     p.set_defaults(handler=run)
 
@@ -72,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
             f"--root needs a model trained on Fashion-MNIST ({', '.join(FASHION_MNIST_MODELS)}), "
             f"got {args.model!r}"
         )
+    if args.select == "output" and args.root is None:
+        raise ValueError(
+            "--select output needs calibration images: give --root (the Fashion-MNIST IDX "
+            "directory), or use --select objective"
+        )
     model = get_model(args.model)
     if args.weights is not None:
         load_weights(model, args.weights)
@@ -88,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         calibration = dataset_for(args.model, "train", root=args.root, limit=args.calibration)
         calibration = calibration.tensors[0]  # type: ignore[attr-defined]
         test = dataset_for(args.model, "test", root=args.root, limit=args.test_limit)
-    compress(
-        model, fit=args.fit or dense is not None, calibration=calibration, verbose=True, **kwargs
-    )
+    fit = args.fit or dense is not None
+    if args.select == "output" and not fit:
+        raise ValueError("--select output needs --fit or --weights (it chooses among fits)")
+    compress(model, fit=fit, calibration=calibration, select=args.select, verbose=True, **kwargs)
     report = compression_report(model)
     data = json.loads(report.to_json())
     Console().print(report.table())
@@ -136,6 +151,8 @@ def fit_vs_svd(dense: Any, compressed: Any, test: Any) -> dict[str, Any]:
         layers[name] = {
             "fit_relative_error": None if fit is None else fit.relative_error,
             "fit_discarded": None if fit is None else fit.discarded,
+            "fit_selected": None if fit is None else fit.selected,
+            "fit_output_errors": None if fit is None else fit.output_errors,
             "svd_rank": svd.rank,
             "svd_stored": svd.stored,
             "svd_relative_error": svd.relative_error,
@@ -143,6 +160,8 @@ def fit_vs_svd(dense: Any, compressed: Any, test: Any) -> dict[str, Any]:
         fit_text = "-" if fit is None else f"{fit.relative_error:.4f}"
         if fit is not None and fit.discarded:
             fit_text += " (discarded)"
+        elif fit is not None and fit.selected != "fit":
+            fit_text += f" (kept its {fit.selected}: closer model predictions)"
         print(
             f"{name}: fit error {fit_text}; truncated SVD at the same stored numbers: rank "
             f"{svd.rank}, error {svd.relative_error:.4f}"
