@@ -7,18 +7,21 @@ weight numbers (the bias stays dense on both sides) in two ways:
 * **ADNTN**: a TTN with tanh levels (the default activation), started from the
   hierarchical SVD of the trained weight (``init="svd"``) and fitted for ``--fit-steps``
   Adam steps (activation-aware on ``--calibration`` training images: the only data it
-  sees, no labels, no fine-tuning). The site layout (paired, or split: row-only and
-  column-only sites, which contains truncated SVD), sites and bond dimensions are chosen
-  among a few shapes with at most the budget's stored numbers: the one whose hierarchical
-  SVD has the smallest error on the calibration inputs. A split plan of two sites has one
-  level and so no activation: it is a low-rank product fitted to the data;
+  sees, no labels, no fine-tuning), then ``compress(select="output")``: of the fit, its
+  start and a fresh initialisation, the layer whose model predictions on the calibration
+  images stay closest (KL divergence) to the dense model's. The site layout (paired, or
+  split: row-only and column-only sites, which contains truncated SVD), sites and bond
+  dimensions are chosen among a few shapes with at most the budget's stored numbers by the
+  same score, applied to each shape's hierarchical SVD. A split plan of two sites has one
+  level and so no activation: it is a low-rank product (its start is truncated SVD);
 * **truncated SVD** with the largest rank that fits the same budget (rank 0, the zero
   matrix, when even rank 1 does not fit).
 
 Each row records the relative Frobenius error of the weight, the activation-aware error on
 the calibration inputs, the test accuracy of the model with that one layer replaced (no
-fine-tuning), whether ``compress``'s default rule would discard the fit (weight error >= 0.9
-and error on the calibration inputs >= 0.5; here every fit is kept and measured), and, with
+fine-tuning), which candidate was kept (fit / start / fresh: ``discarded``), whether
+``compress``'s default rule (``select="objective"``) would discard the fit (weight error
+>= 0.9 and error on the calibration inputs >= 0.5), and, with
 ``--random-init``, the same fit started from random cores. Rows are cached in
 ``results/fit_vs_svd.json`` as they finish (a later run skips them), each with its
 command, wall time and machine. Usage::
@@ -96,10 +99,11 @@ def candidate_plans(shape: tuple[int, int], budget: int) -> list[ADNTNPlan]:
 
 
 def choose_plan(
-    w: torch.Tensor, budget: int, x_cal: torch.Tensor
+    w: torch.Tensor, budget: int, x_cal: torch.Tensor, score
 ) -> tuple[ADNTNPlan | None, list[dict]]:
-    """The candidate whose hierarchical SVD (identity levels) has the smallest activation
-    error on the calibration inputs (ties: the smaller weight error)."""
+    """The candidate whose hierarchical SVD (identity levels) keeps the model's predictions on
+    the calibration images closest to the dense model's (``score(weight)``: KL divergence;
+    ties: the smaller activation error)."""
     tried = []
     best: tuple[tuple[float, float], ADNTNPlan | None] = ((math.inf, math.inf), None)
     ref = w.double()
@@ -111,6 +115,7 @@ def choose_plan(
             gw = gen.weight()
             err = float((gw - ref).norm() / ref.norm())
             act = activation_error(gw, ref, x_cal)
+        kl = score(gw)
         tried.append(
             {
                 "layout": plan.layout,
@@ -119,11 +124,25 @@ def choose_plan(
                 "stored": plan.num_parameters,
                 "hsvd_error": err,
                 "hsvd_activation_error": act,
+                "hsvd_output_kl": kl,
             }
         )
-        if (act, err) < best[0]:
-            best = ((act, err), plan)
+        if (kl, act) < best[0]:
+            best = ((kl, act), plan)
     return best[1], tried
+
+
+def output_kl(model: nn.Module, module_name: str, images: torch.Tensor):
+    """``score(weight)``: the KL divergence of the model's predictions on ``images`` with the
+    layer's weight replaced, from the dense model's (compress's ``select="output"`` score)."""
+    from adntn_export.compress import _model_outputs, _output_divergence
+
+    ref = _model_outputs(model, images)
+
+    def score(w: torch.Tensor) -> float:
+        return _output_divergence(_model_outputs(with_weight(model, module_name, w), images), ref)
+
+    return score
 
 
 def activation_error(w: torch.Tensor, ref: torch.Tensor, x: torch.Tensor) -> float:
@@ -179,7 +198,9 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
         f"{alias} {ratio}x: SVD rank {svd.rank}: error {svd.relative_error:.4f}, acc "
         f"{row['svd']['acc']:.4f}"
     )
-    plan, tried = choose_plan(ref, budget, x_cal)
+    score = output_kl(model, module_name, calib_images)
+    row["svd"]["output_kl"] = score(svd.weight)
+    plan, tried = choose_plan(ref, budget, x_cal, score)
     row["candidates"] = tried
     if plan is None:
         row["adntn"] = None
@@ -201,7 +222,7 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
                 fit_steps=args.fit_steps,
                 calibration=calib_images,
                 init=init,
-                discard_fit_above=math.inf,  # kept, and the default rule recorded below
+                select="output",  # of fit, start and fresh: the closest predictions
             )
             layer = cm.get_submodule(module_name)
             assert isinstance(layer, ADNTNLayer)
@@ -221,8 +242,12 @@ def run_row(model, alias, module_name, ratio, args, calib_images, test, x_cal, d
                 "fit_activation_error": fit.activation_error,
                 "initial_objective": fit.initial_objective,
                 "objective": fit.objective,
-                # compress()'s default rule (FitResult.learned_nothing)
-                "discarded": fit.learned_nothing(DISCARD_AT),
+                "selected": fit.selected,
+                "output_kl": fit.output_errors,
+                # select="output" kept the fresh initialisation
+                "discarded": fit.discarded,
+                # what compress's default rule (select="objective") makes of the fit
+                "objective_rule_discards": fit.learned_nothing(DISCARD_AT),
                 "relative_error": float((w - ref.double()).norm() / ref.double().norm()),
                 "activation_error": activation_error(w, ref.double(), x_cal),
                 "acc": accuracy(cm, test),
@@ -248,22 +273,22 @@ def markdown(data: dict) -> str:
         f"{data['protocol']}",
         "",
         "| layer | target | ADNTN layout sites / bonds | ADNTN ratio | ADNTN error (act.) "
-        "| ADNTN acc "
+        "| kept | ADNTN acc "
         "| SVD rank | SVD ratio | SVD error (act.) | SVD acc | random-init error |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(data["rows"], key=lambda k: (data["rows"][k]["layer"], int(k.split("@")[1]))):
         r = data["rows"][key]
         a, s = r.get("adntn"), r["svd"]
         rnd = r.get("adntn_random_init")
         if a is None:
-            acell = "| none fits | | | |"
+            acell = "| none fits | | | | |"
         else:
             acell = (
                 f"| {a.get('layout', 'paired')} {a['num_sites']} / {a['bond_dims']} | "
                 f"{a['ratio']:,.0f}x | "
-                f"{a['relative_error']:.3f} ({a['activation_error']:.3f})"
-                f"{' discarded' if a['discarded'] else ''} | {a['acc']:.4f} |"
+                f"{a['relative_error']:.3f} ({a['activation_error']:.3f}) | "
+                f"{a.get('selected', 'fit')} | {a['acc']:.4f} |"
             )
         sratio = "-" if s["rank"] == 0 else f"{s['ratio']:,.0f}x"
         lines.append(
@@ -296,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     protocol = (
         f"ADNTN: TTN with tanh levels, init='svd', {args.fit_steps} Adam steps activation-aware "
-        f"on {args.calibration} training images (no labels, no fine-tuning); site layout "
-        "(paired or split), sites and bonds chosen by the smallest activation error of the "
-        "hierarchical SVD within the budget; bias kept dense on both "
+        f"on {args.calibration} training images (no labels, no fine-tuning), then of the fit, "
+        "its start and a fresh initialisation the one whose model predictions on those images "
+        "stay closest to the dense model's (KL; compress(select='output')); site layout "
+        "(paired or split), sites and bonds chosen by the same score of their hierarchical "
+        "SVD within the budget; bias kept dense on both "
         "sides; ratio = dense weight numbers / stored weight numbers; errors are relative "
         "Frobenius errors of the weight (in brackets: on the calibration inputs' products)"
     )
@@ -307,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         if old.get("protocol") == protocol:
             data = old
+        else:  # the rows of another protocol stay in git history, not mixed in
+            log(f"{args.out} holds another protocol: starting a new table")
     command = "PYTHONPATH=.:runtimes:models python " + " ".join(
         [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
     )
