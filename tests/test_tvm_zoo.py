@@ -54,7 +54,8 @@ SLOW = [
     for name in ("mlp", "small_cnn", "small_cnn" + WHOLE)
     for mode in EXPORT_MODES
     for einsum in (True, False)
-    if (name, mode, einsum) not in FAST and not (mode == "auto" and not einsum)
+    if (name, mode, einsum) not in FAST
+    and not (mode == "auto" and not einsum)
     # ~70 s for what the Einsum form already covers (one tile per row of small convolutions)
     and (name, mode, einsum) != ("small_cnn" + WHOLE, "regenerate", False)
 ]
