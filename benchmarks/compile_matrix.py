@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _results import cache_row, save  # noqa: E402
+from _results import cache_row  # noqa: E402
 from dense_models import log, machine  # noqa: E402
 
 START, END = "<!-- compile-matrix:start -->", "<!-- compile-matrix:end -->"
@@ -238,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
                         log=log,
                         note=f" ({status}, {row['seconds']:.0f} s)",
                     )
-    save(args.out, data)
     print(markdown(data).split("\n", 2)[2].rsplit("\n", 2)[0])
     if failed:
         log(f"{failed} row(s) FAILED (see 'error' in {args.out})")
