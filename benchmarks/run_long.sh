@@ -1,7 +1,8 @@
 #!/bin/bash
 # The long benchmark runs of #13, one after the other, resumable: every script skips the rows
 # already cached in its results JSON, so rerunning this continues where the last run stopped.
-# Usage (THREADS: torch threads per run; 2 on an otherwise idle 2-core box):
+# Two runs may share a results file (rows merge under a lock): e.g. one per core with
+# different --seeds. Usage (THREADS: torch threads per run; 2 on an otherwise idle 2-core box):
 #   nohup benchmarks/run_long.sh > benchmarks/results/logs/run_long.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
@@ -19,3 +20,5 @@ PYTHON=${PYTHON:-python}
   --recipes dense,ttn,whole --seeds 0,1,2
 "$PYTHON" benchmarks/frontier.py --threads "$THREADS"
 "$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models vgg16_32 --seeds 0,1,2
+# #10: the regenerate column of the compile matrix (slow: TVM unrolls the row tiles)
+"$PYTHON" benchmarks/compile_matrix.py --threads "$THREADS" --modes regenerate
