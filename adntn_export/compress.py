@@ -52,6 +52,8 @@ __all__ = [
     "compressible_layers",
     "list_recipes",
     "load_recipe",
+    "model_outputs",
+    "output_divergence",
     "resolve_layers",
 ]
 
@@ -430,18 +432,19 @@ def _build_all(
     }
     if select == "output":
         assert calibration is not None
+        ref = model_outputs(model, calibration)  # the dense model's, shared by every layer
         for name, overrides in chosen.items():
             layer, result = built[name]
             assert result is not None
             kwargs = {k: v for k, v in {**defaults, **overrides}.items() if k not in _FIT_KEYS}
             built[name] = _select_by_output(
-                model, name, layer, result, kwargs, fit_args, inputs[name], calibration
+                model, name, layer, result, kwargs, fit_args, inputs[name], calibration, ref
             )
     return built
 
 
 @torch.no_grad()
-def _model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` in eval mode, in chunks (the modules' train flags restored after)."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -452,7 +455,7 @@ def _model_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             m.training = flag
 
 
-def _output_divergence(out: torch.Tensor, ref: torch.Tensor) -> float:
+def output_divergence(out: torch.Tensor, ref: torch.Tensor) -> float:
     """KL(softmax(ref) || softmax(out)) over the last axis, the mean over the rest: how far
     a classifier's predictions move (a logit error in norm can rank candidates the other
     way: it is dominated by a shift common to every class, which no prediction sees)."""
@@ -471,6 +474,7 @@ def _select_by_output(
     fit_args: Mapping[str, Any],
     layer_input: torch.Tensor,
     calibration: torch.Tensor,
+    ref: torch.Tensor,
 ) -> tuple[ADNTNLayer, FitResult]:
     """Of the fit, its start and a fresh initialisation (see ``compress(select=...)``), the
     layer whose model output on ``calibration`` is closest to the dense model's."""
@@ -493,16 +497,15 @@ def _select_by_output(
         "start": (start, start_result),
         "fresh": (fresh, fresh_result),
     }
-    ref = _model_outputs(model, calibration)
     errors = {}
     for key, (layer, _) in candidates.items():
         layer.train(dense.training)
         _set_module(model, name, layer)
         try:
-            out = _model_outputs(model, calibration)
+            out = model_outputs(model, calibration)
         finally:
             _set_module(model, name, dense)
-        errors[key] = _output_divergence(out, ref)
+        errors[key] = output_divergence(out, ref)
     best = min(errors, key=errors.__getitem__)
     layer, chosen = candidates[best]
     chosen.selected, chosen.output_errors = best, errors

@@ -135,12 +135,12 @@ def choose_plan(
 def output_kl(model: nn.Module, module_name: str, images: torch.Tensor):
     """``score(weight)``: the KL divergence of the model's predictions on ``images`` with the
     layer's weight replaced, from the dense model's (compress's ``select="output"`` score)."""
-    from adntn_export.compress import _model_outputs, _output_divergence
+    from adntn_export.compress import model_outputs, output_divergence
 
-    ref = _model_outputs(model, images)
+    ref = model_outputs(model, images)
 
     def score(w: torch.Tensor) -> float:
-        return _output_divergence(_model_outputs(with_weight(model, module_name, w), images), ref)
+        return output_divergence(model_outputs(with_weight(model, module_name, w), images), ref)
 
     return score
 

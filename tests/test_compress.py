@@ -219,7 +219,7 @@ def test_select_by_output_keeps_the_candidate_closest_to_the_dense_predictions()
     """compress(select="output"): fit, start and fresh are each scored by the KL divergence of
     the model's predictions on the calibration inputs; the layer kept is the argmin, and the
     compressed model's divergence is the one recorded."""
-    from adntn_export.compress import _output_divergence
+    from adntn_export.compress import output_divergence
 
     torch.manual_seed(0)
     dense = get_model("small_cnn").train()  # train flags are restored after scoring
@@ -243,7 +243,7 @@ def test_select_by_output_keeps_the_candidate_closest_to_the_dense_predictions()
         parent, _, child = name.rpartition(".")
         setattr(one.get_submodule(parent), child, model.get_submodule(name))
         with torch.no_grad():
-            kl = _output_divergence(one(x), dense(x))
+            kl = output_divergence(one(x), dense(x))
         assert kl == pytest.approx(fit.output_errors[fit.selected], rel=1e-4, abs=1e-7)
 
 
