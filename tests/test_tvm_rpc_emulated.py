@@ -238,3 +238,32 @@ def test_torch_free_runtime_on_aarch64(tmp_path):
     assert set(info["decisions"].values()) <= {"fused", "materialize", "regenerate"}
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), host.run(x)[0], atol=1e-5, rtol=1e-5)
     MEASURED["torch_free_runtime_aarch64"] = {"decisions": info["decisions"]}
+
+
+def test_farm_gives_each_server_its_own_port_range(monkeypatch, tmp_path):
+    """Servers started together must not share a port range: TVM's server binds with
+    ``SO_REUSEADDR``, so two of them can bind one port and the second dies in ``listen()``
+    ("Address already in use"). No qemu needed: the spawns are recorded, not run."""
+    from adntn_export.tvm_backend import emulated, rpc
+
+    spawned: list[tuple[str, int, int]] = []
+
+    def spawn(tracker, key, *, port, port_end, log=None, cpu=None):
+        spawned.append((key, port, port_end))
+        return None
+
+    monkeypatch.setattr(emulated, "ensure_arm64_python", lambda say=None: None)
+    monkeypatch.setattr(emulated, "spawn_emulated_server", spawn)
+    monkeypatch.setattr(emulated, "wait_registered", lambda servers, tracker, want: None)
+    monkeypatch.setattr(rpc, "tracker_summary", lambda tracker: {})
+    monkeypatch.setattr(rpc, "servers_under", lambda summary, key: 0)
+    farm = emulated.EmulatedFarm(
+        {"rpi4": 2, "rpi5": 1}, tracker="127.0.0.1:9190", server_port=9400, log_dir=tmp_path
+    )
+    farm.servers = []  # nothing was started
+    assert [k for k, _, _ in spawned] == ["rpi4", "rpi4", "rpi5"]
+    ranges = [range(lo, hi) for _, lo, hi in spawned]
+    assert all(len(r) > 0 for r in ranges)
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1 :]:
+            assert not set(a) & set(b), (a, b)

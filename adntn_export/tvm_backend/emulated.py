@@ -340,6 +340,10 @@ def start_emulated_server(
     return server
 
 
+#: The ports each server of an :class:`EmulatedFarm` may listen on (disjoint ranges).
+PORTS_PER_SERVER = 20
+
+
 class EmulatedFarm:
     """A TVM tracker (started here unless given) and emulated servers under board keys.
 
@@ -347,7 +351,10 @@ class EmulatedFarm:
     ``tracker_port .. tracker_port_end`` (default: the next 100).
 
     ``EmulatedFarm({"rpi4": 2, "rpi5": 1})`` starts three servers; ``close()`` stops every
-    process it started (servers' process groups, then its tracker).
+    process it started (servers' process groups, then its tracker). Server ``i`` listens on
+    the first free port of its own range, ``server_port + i * PORTS_PER_SERVER`` onwards:
+    servers started together with one shared range can bind the same port (TVM's server sets
+    ``SO_REUSEADDR`` and only ``listen()`` fails, with "Address already in use").
     """
 
     def __init__(
@@ -357,6 +364,7 @@ class EmulatedFarm:
         tracker: str | None = None,
         tracker_port: int = 9190,
         tracker_port_end: int | None = None,
+        server_port: int = 9400,
         log_dir: str | os.PathLike[str] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -385,7 +393,12 @@ class EmulatedFarm:
             for key, count in boards.items():
                 for i in range(count):
                     log = logs / f"rpc_server-{key}-{i}-{os.getpid()}.log"
-                    self.servers.append(spawn_emulated_server(tracker, key, log=log))
+                    port = server_port + len(self.servers) * PORTS_PER_SERVER
+                    self.servers.append(
+                        spawn_emulated_server(
+                            tracker, key, port=port, port_end=port + PORTS_PER_SERVER, log=log
+                        )
+                    )
             say(
                 f"starting {len(self.servers)} emulated server(s) under qemu ("
                 + ", ".join(f"{n} x {k}" for k, n in boards.items())
