@@ -17,7 +17,8 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    same recipe with ``activation='identity'`` (a linear tree tensor network with the same
    stored numbers), trained the same way: what the nonlinearity buys. The ``whole`` row:
    the recipe ``<model>_whole``, which compresses the convolutions too (whole-network
-   compression), trained the same way.
+   compression), trained the same way; ``whole48``: the recipe ``<model>_whole48`` (AlexNet-32:
+   rank-48 convolutions and a wider classifier, still above 50x for the whole model).
 
 Every finished row is written at once to ``results/compression.json`` (committed) with its
 command, wall time and machine, and skipped by a later run with the same protocol, so the
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from adntn_export import compression_report
-from adntn_export.compress import compress, load_recipe
+from adntn_export.compress import compress, list_recipes, load_recipe
 from adntn_export.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,11 +60,13 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- compression-table:start -->", "<!-- compression-table:end -->"
 MODELS = ("alexnet32", "vgg16_32")
 NETWORKS = ("ttn", "attn", "mera")
-#: ``whole``: the recipe ``<model>_whole`` (convolutions compressed too; see its description).
+#: ``whole``: the recipe ``<model>_whole`` (convolutions compressed too; see its description);
+#: ``whole48``: ``<model>_whole48``, rank-48 convolutions and a wider classifier (AlexNet-32 only).
 #: A row whose test accuracy is below this (10 classes: chance is 0.1) learned nothing: the
 #: run reports it as failed and exits 1 (the row stays cached: the protocol gave it).
 CHANCE_BELOW = 0.2
-RECIPES = ("dense", *NETWORKS, *(f"{n}_linear" for n in NETWORKS), "whole")
+RECIPES = ("dense", *NETWORKS, *(f"{n}_linear" for n in NETWORKS), "whole", "whole48")
+LINEAR = "_linear"  # a recipe name's suffix: the same recipe with identity activations
 
 
 def finetune(model: nn.Module, teacher: nn.Module, data, args, seed: int) -> float:
@@ -115,6 +118,11 @@ def layer_rows(model: nn.Module, cmodel: nn.Module) -> tuple[list[dict], object]
     return rows, rep
 
 
+def has_recipe(name: str, recipe: str) -> bool:
+    """Whether the row ``(name, recipe)`` exists: ``dense`` always, else a shipped recipe."""
+    return recipe == "dense" or f"{name}_{recipe.removesuffix(LINEAR)}" in list_recipes()
+
+
 def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> dict:
     """Train (or load) the dense model of ``seed``, then the row's compression and fine-tuning."""
     t0 = time.perf_counter()
@@ -137,8 +145,8 @@ def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> d
     }
     student = copy.deepcopy(model)
     if recipe != "dense":
-        network, _, linear = recipe.partition("_")
-        spec = load_recipe(f"{name}_{network}")
+        linear = recipe.endswith(LINEAR)
+        spec = load_recipe(f"{name}_{recipe.removesuffix(LINEAR)}")
         if linear:
             spec = {**spec, "defaults": {**spec["defaults"], "activation": "identity"}}
         torch.manual_seed(seed)
@@ -254,6 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.models = _csv(args.models, MODELS, "--models", p)
     args.recipes = _csv(args.recipes, RECIPES, "--recipes", p)
+    for recipe in args.recipes:
+        if not any(has_recipe(name, recipe) for name in args.models):
+            p.error(
+                f"--recipes {recipe}: no recipe {recipe!r} for --models "
+                f"{','.join(args.models)} (shipped: {', '.join(list_recipes())})"
+            )
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
@@ -303,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{name}/{recipe}/s{seed}"
                 if key in data["rows"]:
                     log(f"{key}: cached, skipped")
+                    continue
+                if not has_recipe(name, recipe):
+                    log(f"{key}: no recipe {name}_{recipe} shipped, skipped")
                     continue
                 try:
                     row = run_row(name, recipe, seed, args, train_data, test_data)
