@@ -4,8 +4,14 @@ torch's exporter writes ``Constant`` nodes with ``value_ints`` (a flatten shape)
 sub-graphs (``Shape -> Gather -> Concat -> Reshape``) over a symbolic batch, and opset
 functions; TVM 0.27's importer rejects or mis-reads these. Rather than patching the graph by
 hand, this module fixes the data inputs' shapes (``--batch`` / ``--input-shape``) and runs the
-maintained ``onnxscript`` optimizer (shape inference, constant folding, inlining) and the
-``onnx_ir`` pass that lifts every remaining ``Constant`` into an initializer.
+maintained passes of ``onnx_ir`` and ``onnxscript``'s optimizer: function inlining, constant
+folding with shape inference (twice: a fold can make its consumers foldable), dead-node
+removal, and the pass that lifts every remaining ``Constant`` into an initializer.
+
+``onnxscript.optimizer.optimize`` would also apply its pattern rewrites (no-op removal, slice
+collapsing, batch-norm fusion, ...). TVM's importer needs none of them, and they cost time in
+proportion to nodes x rules: on a regenerate export (a weight build per row tile, about 1,000
+nodes for the ``mlp`` zoo model) they took 100 of the 113 s of a host compile.
 
 Initializers named in ``runtime_params`` (the cores of materialize/regenerate layers) become
 graph inputs first, so nothing the optimizer folds can turn a weight build into a constant.
@@ -20,6 +26,9 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Normalized", "normalize"]
+
+#: Constant-folding rounds at most (``onnxscript.optimizer.optimize``'s default is 2 too).
+FOLD_ROUNDS = 2
 
 
 @dataclass
@@ -40,7 +49,12 @@ def normalize(
     and ``Constant`` nodes lifted; ``runtime_params`` moved from initializers to inputs."""
     import onnx_ir as ir
     import onnxscript.optimizer
-    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+    from onnx_ir.passes.common import (
+        InlinePass,
+        LiftConstantsToInitializersPass,
+        RemoveUnusedFunctionsPass,
+        RemoveUnusedNodesPass,
+    )
 
     m = ir.serde.deserialize_model(model)
     for value in m.graph.inputs:
@@ -53,6 +67,12 @@ def normalize(
         value.const_value = None
         value.name = f"param_{i}"
         m.graph.inputs.append(value)
-    onnxscript.optimizer.optimize(m, onnx_shape_inference=True)
+    InlinePass()(m)
+    for _ in range(FOLD_ROUNDS):
+        changed = onnxscript.optimizer.fold_constants(m, onnx_shape_inference=True).modified
+        changed = RemoveUnusedNodesPass()(m).modified or changed
+        if not changed:
+            break
+    RemoveUnusedFunctionsPass()(m)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(m)
     return Normalized(ir.serde.serialize_model(m), params)
