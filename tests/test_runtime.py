@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -291,6 +292,51 @@ def test_policy_choices_match_torch_and_cache(exported, monkeypatch):
     load(auto, threads=1, batch=1)
     assert "measure_device_rates" in measured and "_measure_layer" in measured
     assert "predicted" in s.describe()
+
+
+def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkeypatch, tmp_path):
+    """Calibration must not pay for memory the chosen modes never need: a candidate needing
+    over 4x the memory of its layer's lightest one is measured only if the policy picks it on
+    its prediction (then measured, and the choice made again)."""
+    import adntn_runtime.session as session
+
+    _, x, ref, auto, _ = exported
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))  # an empty calibration cache
+    monkeypatch.setattr(session, "_HEAVY_MIN_BYTES", 0)  # this model's layers are small
+    measured: list[tuple[str, str]] = []
+    real = session._measure_layer
+
+    def counted(spec, mode, *args, **kwargs):
+        measured.append((spec.name, mode))
+        return real(spec, mode, *args, **kwargs)
+
+    monkeypatch.setattr(session, "_measure_layer", counted)
+    real_candidates = session.layer_candidates
+
+    def slower_materialize(*args, **kwargs):  # predicted 3x slower: within the 10x measured
+        cands = real_candidates(*args, **kwargs)
+        slow = {"materialize": 3.0}
+        return [
+            dataclasses.replace(c, predicted_ms=slow.get(c.mode, 1.0) * c.predicted_ms)
+            for c in cands
+        ]
+
+    monkeypatch.setattr(session, "layer_candidates", slower_materialize)
+    s = load(auto, threads=1, batch=1)
+    assert _rel(s.run(x[:1])[0], ref[:1]) < TOL
+    skipped = 0
+    for name, d in s.decisions.items():
+        assert d.measured_ms is not None  # the pick is always measured
+        memory = {a["mode"]: a["memory_bytes"] for a in d.alternatives}
+        memory[d.mode] = d.predicted_memory_bytes
+        lightest = min(memory.values())
+        for mode, nbytes in memory.items():
+            if nbytes > 4 * lightest and mode != d.mode:  # session._HEAVY_RATIO
+                assert (name, mode) not in measured, (name, mode, memory)
+                note = next(a["note"] for a in d.alternatives if a["mode"] == mode)
+                assert "measured only if picked" in note or "predicted >" in note
+                skipped += 1
+    assert skipped  # the rule was exercised (materialize is far heavier than fused here)
 
 
 def test_budget_drives_the_choice(exported):

@@ -95,6 +95,12 @@ _MEASURE_RATIO = 10.0
 #: Measuring a candidate holds about this many times its memory for a moment (the weight
 #: ORT reads and its pre-packed copy), so it is measured only when that fits the budget.
 _CALIBRATION_FACTOR = 2.0
+#: A candidate needing more than this many times the memory of the layer's lightest one (and
+#: more than :data:`_HEAVY_MIN_BYTES`) is measured only if the policy picks it on its
+#: prediction: calibration would otherwise hold, for a moment, memory that the modes finally
+#: chosen never need (e.g. a materialized 4096x4096 weight next to a fused layer of a few KB).
+_HEAVY_RATIO = 4.0
+_HEAVY_MIN_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -768,6 +774,7 @@ class _Planner:
         budget = math.inf if self.memory_budget_mb is None else self.memory_budget_mb * 2**20
         fits = [c for c in cands if c.memory_bytes <= budget]
         best_pred = min((c.predicted_ms for c in fits), default=math.inf)
+        lightest = min((c.memory_bytes for c in fits), default=0)
         out = []
         for c in cands:
             skip = None
@@ -779,6 +786,11 @@ class _Planner:
                 skip = "measuring it would exceed the memory budget"
             elif len(fits) > 1 and c.predicted_ms > _MEASURE_RATIO * best_pred:
                 skip = f"predicted > {_MEASURE_RATIO:g}x the best"
+            elif c.memory_bytes > max(_HEAVY_RATIO * lightest, _HEAVY_MIN_BYTES):
+                skip = (
+                    f"measured only if picked (it needs {c.memory_bytes / 2**20:.0f} MiB, over "
+                    f"{_HEAVY_RATIO:g}x the lightest candidate's)"
+                )
             if skip:
                 out.append(Candidate(c.mode, c.predicted_ms, c.memory_bytes, None, skip))
             else:
