@@ -20,7 +20,8 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    compression), trained the same way; ``whole48``: the recipe ``<model>_whole48`` (AlexNet-32:
    rank-48 convolutions and a wider classifier, still above 50x for the whole model);
    ``whole_lowrank``: ``<model>_whole_lowrank`` (AlexNet-32: fc6/fc7 in the split layout too,
-   so the layer-wise fit starts them from their truncated SVD instead of a 20,000x tree).
+   so the layer-wise fit starts them from their truncated SVD instead of a 20,000x tree);
+   ``whole_svd``: the same with fc8 low-rank too.
 
 Every finished row is written at once to ``results/compression.json`` (committed) with its
 command, wall time and machine, and skipped by a later run with the same protocol, so the
@@ -64,7 +65,8 @@ MODELS = ("alexnet32", "vgg16_32")
 NETWORKS = ("ttn", "attn", "mera")
 #: ``whole``: the recipe ``<model>_whole`` (convolutions compressed too; see its description);
 #: ``whole48``: ``<model>_whole48``, rank-48 convolutions and a wider classifier (AlexNet-32 only);
-#: ``whole_lowrank``: ``<model>_whole_lowrank``, fc6/fc7 low-rank too (their SVD start survives).
+#: ``whole_lowrank``: ``<model>_whole_lowrank``, fc6/fc7 low-rank too (their SVD start survives);
+#: ``whole_svd``: ``<model>_whole_svd``, fc8 low-rank too (every layer starts from its SVD).
 #: A row whose test accuracy is below this (10 classes: chance is 0.1) learned nothing: the
 #: run reports it as failed and exits 1 (the row stays cached: the protocol gave it).
 CHANCE_BELOW = 0.2
@@ -75,6 +77,7 @@ RECIPES = (
     "whole",
     "whole48",
     "whole_lowrank",
+    "whole_svd",
 )
 LINEAR = "_linear"  # a recipe name's suffix: the same recipe with identity activations
 
