@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python}
 "$PYTHON" benchmarks/fit_vs_svd.py --threads "$THREADS"
 # the rows the targets need first (3 seeds): dense, the TTN classifier, the whole network
 "$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models alexnet32 \
-  --recipes dense,ttn,whole,whole48,whole_lowrank --seeds 0,1,2
+  --recipes dense,ttn,whole,whole48,whole_lowrank,whole_svd --seeds 0,1,2
 # then the other topologies and the linear ablation
 "$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models alexnet32 --seeds 0,1,2
 "$PYTHON" benchmarks/compression_table.py --threads "$THREADS" --models vgg16_32 \
