@@ -11,7 +11,8 @@ removal, and the pass that lifts every remaining ``Constant`` into an initialize
 ``onnxscript.optimizer.optimize`` would also apply its pattern rewrites (no-op removal, slice
 collapsing, batch-norm fusion, ...). TVM's importer needs none of them, and they cost time in
 proportion to nodes x rules: on a regenerate export (a weight build per row tile, about 1,000
-nodes for the ``mlp`` zoo model) they took 100 of the 113 s of a host compile.
+nodes for the ``mlp`` zoo model) a host compile took 1,121 s with them and 9 s without
+(``benchmarks/compile_matrix.py`` rows, ``compile_seconds``; see benchmarks/README.md).
 
 Initializers named in ``runtime_params`` (the cores of materialize/regenerate layers) become
 graph inputs first, so nothing the optimizer folds can turn a weight build into a constant.
