@@ -35,6 +35,7 @@ Reproducibility and resumption:
 
 from __future__ import annotations
 
+import atexit
 import copy
 import math
 import os
@@ -529,7 +530,17 @@ def _init_distributed() -> tuple[int, int]:
 
         if not dist.is_initialized():
             dist.init_process_group("gloo")
+            # The group this call made is torn down before the interpreter exits: a gloo
+            # group left to static destructors can abort the process at exit.
+            atexit.register(_destroy_process_group)
     return world, rank
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _freeze_teacher(teacher: nn.Module | None) -> None:

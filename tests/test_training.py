@@ -177,7 +177,8 @@ def test_torchrun_two_processes(tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     paths = os.pathsep.join(str(ROOT / p) for p in (".", "runtimes", "models"))
     env = {**os.environ, "PYTHONPATH": paths}
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script)]
+    # --standalone: the rendezvous takes a free port (a fixed one can be held by another run)
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(script)]
     proc = subprocess.run(
         [*cmd, str(tmp_path / "ck")],
         capture_output=True,
