@@ -3,8 +3,10 @@
 Runtimes: ONNX Runtime through ``adntn_runtime.load`` (1 and 2 intra-op threads) and TVM on
 the host (``adntn compile --target host``, untuned, and ``adntn tune``, tuned); batch 1 and 8.
 Configurations of a recipe (its ``auto`` file): each run mode forced for every ADNTN layer
-(``fused``, ``materialize``, ``regenerate``), ``auto`` (the policy's pick, calibrating from
-an empty cache: its peak includes the calibration) and ``auto_budget`` (the same with
+(``fused``, ``materialize``, ``regenerate``), ``auto`` (the policy's pick, calibrating its
+layers from an empty cache: its peak includes that; the device's rates are measured first in
+a process of their own, as ``python -m adntn_runtime.calibration`` does once per device at
+deployment, and that process's peak is reported beside the row's) and ``auto_budget`` (the same with
 ``memory_budget_mb``); ``dense`` is the zoo model without ADNTN layers. Per row: p50 / p90 /
 p99, time to first inference (load + first call), peak RSS (``VmHWM`` of a fresh process per
 row) and the peak during load and calibration, weight bytes resident (the initializers the
@@ -224,10 +226,30 @@ def _time_calls(
     return times
 
 
+def device_rates_child(threads: int) -> dict[str, Any]:
+    """The deployment step before the auto rows, in its own fresh process: this device's rates
+    measured into the (row's) empty calibration cache; returns that process's peak."""
+    import onnx  # noqa: F401  (imported before the baseline, as in the rows)
+    import onnxruntime  # noqa: F401
+
+    from adntn_runtime.calibration import device_rates
+
+    base = _status("VmRSS")
+    t0 = time.perf_counter()
+    device_rates(threads)
+    return {
+        "device_rates_s": time.perf_counter() - t0,
+        "device_rates_peak_rss_bytes": _status("VmHWM"),
+        "device_rates_baseline_rss_bytes": base,
+    }
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in this fresh process; returns its measurements."""
     import numpy as np
 
+    if spec.get("device_rates"):
+        return device_rates_child(int(spec["threads"]))
     batch = int(spec["batch"])
     out: dict[str, Any] = {}
     if spec["runtime"].startswith("tvm"):
@@ -406,12 +428,27 @@ def measure_row(row: dict, meta: dict, args: argparse.Namespace) -> dict[str, An
             except RuntimeError as exc:
                 got = {"error": str(exc)}
         else:
-            os.environ["ADNTN_CACHE_DIR"] = cal  # auto rows calibrate from scratch
-            got = _run(
-                [sys.executable, __file__, "--child", json.dumps(spec)],
-                row["threads"],
-                args.timeout,
+            # auto rows calibrate the model from scratch, on a device whose rates were
+            # measured beforehand (python -m adntn_runtime.calibration, its own process: its
+            # peak is reported beside the row's)
+            os.environ["ADNTN_CACHE_DIR"] = cal
+            pre: dict[str, Any] = {}
+            if row["config"].startswith("auto"):
+                pre = _run(
+                    [sys.executable, __file__, "--child", json.dumps({**spec, "device_rates": 1})],
+                    row["threads"],
+                    args.timeout,
+                )
+            got = (
+                {"error": f"device rates: {pre['error']}"}
+                if "error" in pre
+                else _run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)],
+                    row["threads"],
+                    args.timeout,
+                )
             )
+            got.update({k: v for k, v in pre.items() if k != "error"})
             os.environ.pop("ADNTN_CACHE_DIR", None)
     out = {
         **row,
@@ -533,6 +570,16 @@ def evaluate(rows: dict) -> list[dict[str, Any]]:
                     r,
                     same,
                 )
+                if r.get("device_rates_peak_rss_bytes"):  # rows before 2026-12-05 lack it
+                    add(
+                        "device-rate probe (own process, once per device) peak "
+                        "<= 1.1x the chosen modes' own peak",
+                        f"{where} {r['config']}",
+                        r["device_rates_peak_rss_bytes"] / same["peak_rss_bytes"],
+                        1.1,
+                        r,
+                        same,
+                    )
                 if r["config"] == "auto_budget":
                     extra = (r["load_peak_rss_bytes"] - same["peak_rss_bytes"]) / MB
                     add(

@@ -268,10 +268,14 @@ def test_policy_choices_match_torch_and_cache(exported, monkeypatch):
         assert d.predicted_memory_bytes is not None
     assert s.decisions["2"].mode != "fused"
     assert _rel(s.run(x)[0], ref) < TOL
-    files = list((Path(os.environ["ADNTN_CACHE_DIR"]) / "calibration").glob("*.json"))
+    folder = Path(os.environ["ADNTN_CACHE_DIR"]) / "calibration"
+    files = [f for f in folder.glob("*.json") if not f.name.startswith("device-")]
     assert files
     data = json.loads(files[0].read_text())
-    assert {"cpu", "onnxruntime", "model_sha256", "rates", "layers"} <= set(data)
+    assert {"cpu", "onnxruntime", "model_sha256", "layers"} <= set(data)
+    # the device's rates are every model's: one file per CPU model and ORT version
+    (device_file,) = folder.glob("device-*.json")
+    assert "threads=1" in json.loads(device_file.read_text())["rates"]
     measured = []  # every measurement the second load makes
     for module, name in ((session, "_measure_layer"), (calibration, "measure_device_rates")):
         real = getattr(module, name)
@@ -286,12 +290,41 @@ def test_policy_choices_match_torch_and_cache(exported, monkeypatch):
     assert {k: (d.mode, d.measured_ms) for k, d in again.decisions.items()} == {
         k: (d.mode, d.measured_ms) for k, d in s.decisions.items()
     }
-    for f in files:  # without this model's cache the same load measures again
+    for f in files:  # without this model's cache the same load measures its layers again
         if json.loads(f.read_text())["model_sha256"] == calibration.sha256_file(auto):
             f.unlink()
     load(auto, threads=1, batch=1)
-    assert "measure_device_rates" in measured and "_measure_layer" in measured
+    assert "_measure_layer" in measured and "measure_device_rates" not in measured
+    device_file.unlink()  # without the device's rates they are measured again
+    measured.clear()
+    load(auto, threads=1, batch=1)
+    assert measured == ["measure_device_rates"]
     assert "predicted" in s.describe()
+
+
+def test_device_rates_measured_once_per_device(tmp_path, monkeypatch, capsys):
+    """``python -m adntn_runtime.calibration`` caches the rates a later load uses; a corrupt
+    cache file is measured over, never trusted; bad --threads are named."""
+    import adntn_runtime.calibration as calibration
+
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))
+    calls: list[int] = []
+    fake = calibration.DeviceRates(100.0, 10.0, 50.0, 0.0, 2.0)
+
+    def measure(threads: int = 1) -> calibration.DeviceRates:
+        calls.append(threads)
+        return fake
+
+    monkeypatch.setattr(calibration, "measure_device_rates", measure)
+    assert calibration.main(["--threads", "1,2"]) == 0
+    assert calls == [1, 2] and "cached in" in capsys.readouterr().out
+    assert calibration.device_rates(2) == fake and calls == [1, 2]  # cached: not measured
+    (path,) = (tmp_path / "calibration").glob("device-*.json")
+    path.write_text("[1, 2")  # corrupt
+    assert calibration.device_rates(1) == fake and calls == [1, 2, 1]
+    with pytest.raises(SystemExit):
+        calibration.main(["--threads", "0"])
+    assert "--threads '0'" in capsys.readouterr().err
 
 
 def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkeypatch, tmp_path):

@@ -9,11 +9,18 @@ Two kinds of numbers:
 * per-layer latencies: each candidate mode of each ADNTN layer lowered alone
   (:func:`adntn_runtime.onnx_lowering.layer_model`) and timed (median of a few runs).
 
-Both are stored in one JSON file per (CPU model, ORT version, model sha256) under
-``$ADNTN_CACHE_DIR/calibration/`` (default ``~/.cache/adntn/calibration/``)::
+Both are cached under ``$ADNTN_CACHE_DIR/calibration/`` (default
+``~/.cache/adntn/calibration/``). The rates are the device's, not a model's: one file per
+(CPU model, ORT version), measured the first time any model is calibrated on the device (or
+beforehand, by ``python -m adntn_runtime.calibration --threads N`` at deployment) and shared by
+every model after::
 
-    {"format": 1, "cpu": "...", "onnxruntime": "1.31.1", "model_sha256": "...",
-     "rates": {"threads=1": {"gemm_gflops": ..., ...}},
+    device-<digest>.json: {"format": 1, "cpu": "...", "onnxruntime": "1.31.1",
+                           "rates": {"threads=1": {"gemm_gflops": ..., ...}}}
+
+The per-layer latencies are one file per (CPU model, ORT version, model sha256)::
+
+    <digest>.json: {"format": 1, "cpu": "...", "onnxruntime": "1.31.1", "model_sha256": "...",
      "layers": {"fc|fused|einsum=1|b1|t1|tile=None": {"ms": 0.14, "rss_bytes": 12288}}}
 """
 
@@ -38,8 +45,10 @@ from adntn_runtime.policy import DeviceRates
 
 __all__ = [
     "CalibrationCache",
+    "DeviceRatesCache",
     "cache_dir",
     "cpu_model",
+    "device_rates",
     "measure_device_rates",
     "sha256_file",
     "time_call",
@@ -104,52 +113,31 @@ def time_call(
     return statistics.median(times) * 1e3
 
 
-class CalibrationCache:
-    """The JSON calibration file of one (device, ORT version, model)."""
+class _JsonCache:
+    """One JSON file of the calibration cache, keyed by this device (CPU model, ORT version)
+    and ``extra`` (written atomically; a missing, corrupt or foreign file reads as empty)."""
 
-    def __init__(self, model_sha256: str, *, directory: Path | None = None) -> None:
+    def __init__(self, stem: str, extra: dict[str, str], directory: Path | None) -> None:
         import onnxruntime as ort
 
         self.cpu = cpu_model()
         self.ort_version = ort.__version__
-        self.model_sha256 = model_sha256
-        key = f"{self.cpu}|{self.ort_version}|{model_sha256}"
+        key = "|".join([self.cpu, self.ort_version, *extra.values()])
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.path = (directory or cache_dir()) / "calibration" / f"{digest}.json"
+        self.path = (directory or cache_dir()) / "calibration" / f"{stem}{digest}.json"
         self.data: dict[str, Any] = {
             "format": CACHE_FORMAT,
             "cpu": self.cpu,
             "onnxruntime": self.ort_version,
-            "model_sha256": model_sha256,
-            "rates": {},
-            "layers": {},
+            **extra,
         }
         self.loaded = False
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(self.path.read_text())
-            if data.get("format") == CACHE_FORMAT and data.get("model_sha256") == model_sha256:
+            if isinstance(data, dict) and all(data.get(k) == v for k, v in self.data.items()):
                 self.data.update(data)
                 self.loaded = True
         self._dirty = False
-
-    def rates(self, threads: int) -> DeviceRates | None:
-        """Cached device rates for ``threads``, or None."""
-        got = self.data["rates"].get(f"threads={threads}")
-        return DeviceRates.from_dict(got) if got else None
-
-    def set_rates(self, threads: int, rates: DeviceRates) -> None:
-        """Store device rates for ``threads``."""
-        self.data["rates"][f"threads={threads}"] = rates.to_dict()
-        self._dirty = True
-
-    def layer(self, key: str) -> dict[str, float] | None:
-        """A cached per-layer measurement, or None."""
-        return self.data["layers"].get(key)
-
-    def set_layer(self, key: str, value: dict[str, float]) -> None:
-        """Store a per-layer measurement."""
-        self.data["layers"][key] = value
-        self._dirty = True
 
     def save(self) -> None:
         """Write the file atomically (best effort: an unwritable cache is not an error)."""
@@ -160,6 +148,54 @@ class CalibrationCache:
             with atomic_write(self.path) as f:
                 f.write(json.dumps(self.data, indent=1, sort_keys=True).encode())
             self._dirty = False
+
+
+class DeviceRatesCache(_JsonCache):
+    """The device rates of this CPU and ORT version, per thread count (every model's)."""
+
+    def __init__(self, *, directory: Path | None = None) -> None:
+        super().__init__("device-", {}, directory)
+        self.data.setdefault("rates", {})
+
+    def rates(self, threads: int) -> DeviceRates | None:
+        """Cached device rates for ``threads``, or None."""
+        got = self.data["rates"].get(f"threads={threads}")
+        return DeviceRates.from_dict(got) if isinstance(got, dict) else None
+
+    def set_rates(self, threads: int, rates: DeviceRates) -> None:
+        """Store device rates for ``threads``."""
+        self.data["rates"][f"threads={threads}"] = rates.to_dict()
+        self._dirty = True
+
+
+def device_rates(threads: int = 1, *, directory: Path | None = None) -> DeviceRates:
+    """This device's rates for ``threads``: from the cache, else measured (about a second,
+    a 32 MiB weight resident meanwhile) and cached for every later load of any model."""
+    cache = DeviceRatesCache(directory=directory)
+    got = cache.rates(threads)
+    if got is None:
+        got = measure_device_rates(threads)
+        cache.set_rates(threads, got)
+        cache.save()
+    return got
+
+
+class CalibrationCache(_JsonCache):
+    """The per-layer measurements of one model on this device (CPU model, ORT version)."""
+
+    def __init__(self, model_sha256: str, *, directory: Path | None = None) -> None:
+        super().__init__("", {"model_sha256": model_sha256}, directory)
+        self.model_sha256 = model_sha256
+        self.data.setdefault("layers", {})
+
+    def layer(self, key: str) -> dict[str, float] | None:
+        """A cached per-layer measurement, or None."""
+        return self.data["layers"].get(key)
+
+    def set_layer(self, key: str, value: dict[str, float]) -> None:
+        """Store a per-layer measurement."""
+        self.data["layers"][key] = value
+        self._dirty = True
 
 
 def _session_options(threads: int, config: dict[str, str]) -> Any:
@@ -283,3 +319,37 @@ def measure_device_rates(threads: int = 1) -> DeviceRates:
 def replace_rates(rates: DeviceRates, **changes: float) -> DeviceRates:
     """A copy of ``rates`` with some fields changed."""
     return DeviceRates(**{**rates.to_dict(), **changes})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adntn_runtime.calibration --threads 1,2``: measure and cache this device's
+    rates ahead of the first load (e.g. at deployment); prints them and the cache file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m adntn_runtime.calibration",
+        description="Measure this device's rates for the runtime's policy and cache them.",
+    )
+    parser.add_argument("--threads", default="1", help="comma-separated ORT thread counts")
+    parser.add_argument("--force", action="store_true", help="measure even if cached")
+    args = parser.parse_args(argv)
+    try:
+        counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        parser.error(f"--threads {args.threads!r}: give positive integers, e.g. 1,2")
+    cache = DeviceRatesCache()
+    for threads in counts:
+        rates = cache.rates(threads)
+        if rates is None or args.force:
+            rates = measure_device_rates(threads)
+            cache.set_rates(threads, rates)
+        print(f"threads={threads}: " + json.dumps(rates.to_dict()))
+    cache.save()
+    print(f"cached in {cache.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,6 +41,7 @@ process's RSS) until the session exists; point ``TMPDIR`` at a disk there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -679,7 +680,9 @@ def _measure_layer(
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     sess.run(None, {"input": x})
     grown = max(vm_rss_bytes() - before, 0)
-    ms = time_call(lambda: sess.run(None, {"input": x}), warmup=1, max_seconds=0.25)
+    ms = time_call(functools.partial(sess.run, None, {"input": x}), warmup=1, max_seconds=0.25)
+    del sess
+    _release_freed_memory()  # the next layer's measurement does not stack on this one's
     return {"ms": ms, "rss_bytes": grown}
 
 
@@ -744,18 +747,10 @@ class _Planner:
     def calibrate(self) -> None:
         """Device rates (measured or cached), then every free layer's candidates."""
         if self.calibrate_on and self.free:
-            from adntn_runtime.calibration import (
-                CalibrationCache,
-                measure_device_rates,
-                sha256_file,
-            )
+            from adntn_runtime import calibration
 
-            self.cache = CalibrationCache(sha256_file(self.path))
-            cached = self.cache.rates(self.threads)
-            if cached is None:
-                cached = measure_device_rates(self.threads)
-                self.cache.set_rates(self.threads, cached)
-            self.rates = cached
+            self.cache = calibration.CalibrationCache(calibration.sha256_file(self.path))
+            self.rates = calibration.device_rates(self.threads)
         for name in self.free:
             self.candidates[name] = self._layer_candidates(name)
 
