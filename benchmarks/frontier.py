@@ -133,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=.:runtimes:models python " + " ".join(
         [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
     )
+    # the line the plot draws: this seed's fine-tuned dense row of the compression table
+    table_rows = HERE / "results" / "compression.json"
+    if table_rows.exists():
+        dense_row = json.loads(table_rows.read_text())["rows"].get(f"alexnet32/dense/s{args.seed}")
+        if dense_row is not None:
+            data["dense_acc"] = dense_row["acc"]
+            data["dense_acc_source"] = f"compression.json alexnet32/dense/s{args.seed}"
     train_data, test_data = load_split("train"), load_split("test")
     model, _ = trained_dense("alexnet32", train_data, seed=args.seed)
     failed = 0

@@ -272,6 +272,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
         out["modes"] = {"*": model.manifest.mode}
         out["weight_bytes_resident"] = None
+        tuned = model.manifest.tuned
+        if tuned:  # the budget behind a tvm_tuned row, and what it left untuned
+            out["tvm_tuning"] = {
+                "valid_records": tuned.get("valid_records"),
+                "max_trials_per_task": tuned.get("max_trials_per_task"),
+                "tasks": tuned.get("tasks"),
+                "untuned_tasks": len(tuned.get("untuned_tasks") or []),
+                "untuned_flop_share": tuned.get("untuned_flop_share"),
+            }
     else:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -344,7 +353,10 @@ def tvm_outdir(meta: dict[str, Any], batch: int, tuned: bool, trials: int) -> Pa
     src = ROOT / meta["path"]
     out = CACHE / "tvm" / f"{src.stem}_b{batch}{'_tuned' if tuned else ''}"
     if (out / "manifest.json").exists():
-        return out
+        done = json.loads((out / "manifest.json").read_text()).get("tuned") or {}
+        if not tuned or int(done.get("valid_records") or 0) >= trials:
+            return out
+        # a bigger budget: tune on (the database in out/ keeps the earlier trials)
     out.parent.mkdir(parents=True, exist_ok=True)
     verb = ["tune", "--trials", str(trials)] if tuned else ["compile"]
     cmd = [

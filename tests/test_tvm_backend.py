@@ -288,6 +288,12 @@ def test_tuning_writes_database_and_resumes(chain, x64, tmp_path):
     assert (db / "database_tuning_record.json").exists()
     first = (db / "database_tuning_record.json").read_text()
     assert count_records(db) >= 2
+    # every task is either measured in the database or reported as untuned (plain loops)
+    tuned_names = {t["name"] for t in m1.tuned["this_run"]["tasks"] if t["valid"]}
+    untuned_names = {t["name"] for t in m1.tuned["untuned_tasks"]}
+    assert tuned_names and tuned_names.isdisjoint(untuned_names)
+    assert len(tuned_names) + len(untuned_names) == m1.tuned["tasks"]
+    assert 0.0 <= m1.tuned["untuned_flop_share"] < 1.0
     np.testing.assert_allclose(tr.load(tmp_path).run([x64])[0], _ref(chain, x64), atol=1e-5)
     t0 = time.time()
     m2 = tune_onnx(chain, "host", tmp_path, trials=2)  # resumed: budget already met
@@ -405,6 +411,19 @@ def test_cli_compile_and_errors(chain, tmp_path, capsys):
         == 2
     )
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_cli_tune_says_which_tasks_were_not_tuned(chain, tmp_path, capsys):
+    """One trial cannot reach every task of the chain: the command says so plainly and the
+    manifest names the tasks left as plain loops."""
+    from adntn_export.cli import main
+
+    out = tmp_path / "t"
+    assert main(["tune", chain, "--target", "host", "--trials", "1", "-o", str(out)]) == 0
+    tuned = json.loads((out / "manifest.json").read_text())["tuned"]
+    assert tuned["tasks"] >= 2 and len(tuned["untuned_tasks"]) == tuned["tasks"] - 1
+    text = capsys.readouterr().out
+    assert f"NOT FULLY TUNED: {tuned['tasks'] - 1} of {tuned['tasks']} tasks" in text
 
 
 def test_cli_help_does_not_import_tvm():

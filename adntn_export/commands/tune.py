@@ -36,6 +36,13 @@ def _handler(args: argparse.Namespace) -> int:
         f"{tuned.get('records_after')} valid records in {tuned.get('database')} -> "
         f"{args.output} (tuning {tuned.get('tuning_seconds')} s)"
     )
+    untuned = tuned.get("untuned_tasks") or []
+    if untuned:
+        print(
+            f"NOT FULLY TUNED: {len(untuned)} of {tuned.get('tasks')} tasks "
+            f"({tuned.get('untuned_flop_share', 0):.0%} of the FLOPs) have no measured schedule "
+            "and run as plain loops; raise --trials"
+        )
     return 0
 
 

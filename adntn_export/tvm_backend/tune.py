@@ -15,6 +15,11 @@ as many at once. Each run prints valid/total trials and the best latency per tas
 which fewer than half the trials were measured raises, naming the first device error, and no
 tuned module is ever built from a database without a valid measurement.
 
+Each run visits every task before any gets a second visit, with an equal share of the run's
+budget per visit (at most 64): MetaSchedule's fixed 64 per visit left any task past the first
+``trials / 64`` as plain loops. Tasks still without a measured schedule after the run are
+named on stderr and in ``manifest.tuned["untuned_tasks"]`` (with their share of the FLOPs).
+
 The tuned module is built with ``relax.get_pipeline("static_shape_tuning", ..., total_trials=0)``
 (which applies the database) and exported exactly like :func:`.compile.compile_onnx`.
 Tuning uses the XGBoost cost model when ``xgboost`` is installed, else random search.
@@ -246,18 +251,16 @@ def _tune_tasks(
     say: Any,
 ) -> None:
     """Run MetaSchedule over the model's tasks (``remaining`` trials) into ``db_dir``."""
-    import tvm
-    from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    with tvm_target:
-        lowered = tvm.transform.Sequential(
-            [
-                relax.transform.DecomposeOpsForInference(),
-                relax.transform.CanonicalizeBindings(),
-                relax.get_pipeline("zero"),
-            ]
-        )(prepared.mod)
+    lowered = _tuning_module(prepared, tvm_target)
+    # MetaSchedule visits the tasks in turn, num_trials_per_iter each: with 64 per visit a
+    # budget under 64 x tasks never reaches the last tasks (they stay plain loops). The visit
+    # is sized so that every task gets its share of this run's budget first.
+    tasks = ms.relax_integration.extract_tasks(lowered, tvm_target)
+    if op_names:
+        tasks = [t for t in tasks if any(n in t.task_name for n in op_names)]
+    per_visit = min(64, max(1, remaining // max(1, len(tasks))), max_trials_per_task or 64)
     try:
         import xgboost  # noqa: F401
 
@@ -272,7 +275,7 @@ def _tune_tasks(
         max_trials_global=remaining,
         max_trials_per_task=max_trials_per_task,
         op_names=op_names,
-        num_trials_per_iter=min(64, max(1, max_trials_per_task or remaining)),
+        num_trials_per_iter=per_visit,
         builder=builder,
         runner=runner,
         database=_open_database(db_dir),
@@ -282,6 +285,47 @@ def _tune_tasks(
             stats_callback(stats, say, remaining),
         ],
     )
+
+
+def _tuning_module(prepared: Prepared, tvm_target: Any) -> Any:
+    """The Relax module whose TIR functions are MetaSchedule's tasks."""
+    import tvm
+    from tvm import relax
+
+    with tvm_target:
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(prepared.mod)
+
+
+def untuned_tasks(prepared: Prepared, tvm_target: Any, db_dir: Path) -> dict[str, Any]:
+    """The model's tuning tasks with no valid record in the database at ``db_dir``: the tuned
+    build gives them no schedule, so they run as TVM's plain loops (no threads, no vectors).
+
+    Returns ``{"tasks": N, "untuned": [{"name", "flops"}, ...], "untuned_flop_share": f}``
+    (``flops`` as TVM estimates them; the share is of all tasks' FLOPs, weighted by how often
+    each task runs).
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    tasks = ms.relax_integration.extract_tasks(_tuning_module(prepared, tvm_target), tvm_target)
+    db = _open_database(db_dir)
+    total = 0.0
+    missing = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        flops = float(estimate_tir_flops(mod)) * int(task.weight)
+        total += flops
+        # has_workload first: commit_workload would add an unknown workload to the files
+        if not db.has_workload(mod) or not db.get_top_k(db.commit_workload(mod), 1):
+            missing.append({"name": task.task_name, "flops": int(flops)})
+    share = sum(t["flops"] for t in missing) / total if total else 0.0
+    return {"tasks": len(tasks), "untuned": missing, "untuned_flop_share": round(share, 4)}
 
 
 def _build_with_database(prepared: Prepared, tvm_target: Any, db_dir: Path) -> Any:
@@ -357,6 +401,15 @@ def tune_onnx(
         say(f"{spec.name}: trials of this run\n{stats.table()}")
     valid, after = _check_measured(stats, db_dir, spec.name)
     say(f"{spec.name}: database has {valid}/{after} valid records; building the tuned module")
+    coverage = untuned_tasks(prepared, tvm_target, db_dir)
+    if coverage["untuned"]:
+        names = ", ".join(t["name"] for t in coverage["untuned"])
+        say(
+            f"{spec.name}: WARNING: {len(coverage['untuned'])} of {coverage['tasks']} tasks "
+            f"({coverage['untuned_flop_share']:.0%} of the model's FLOPs) have no tuned "
+            f"schedule and run as plain loops: {names}. Every task needs trials of its own: "
+            "raise --trials (or --max-trials-per-task lower) and rerun; the database is kept"
+        )
     executable = _build_with_database(prepared, tvm_target, db_dir)
     tuned = {
         "database": str(db_dir),
@@ -370,6 +423,9 @@ def tune_onnx(
         "rpc_tracker": rpc_tracker,
         "rpc_key": rpc_key,
         "this_run": stats.to_json(),
+        "tasks": coverage["tasks"],
+        "untuned_tasks": coverage["untuned"],
+        "untuned_flop_share": coverage["untuned_flop_share"],
     }
     return export(
         executable,
