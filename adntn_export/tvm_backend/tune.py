@@ -22,7 +22,8 @@ named on stderr and in ``manifest.tuned["untuned_tasks"]`` (with their share of 
 
 The tuned module is built with ``relax.get_pipeline("static_shape_tuning", ..., total_trials=0)``
 (which applies the database) and exported exactly like :func:`.compile.compile_onnx`.
-Tuning uses the XGBoost cost model when ``xgboost`` is installed, else random search.
+Tuning uses the XGBoost cost model (``xgboost-cpu``, in the ``tvm`` extra), else random
+search.
 
 Build speed (why candidate builds used to take 30-60 s each): MetaSchedule's ``LocalBuilder``
 starts a fresh worker process for every batch and its ``default_build`` runs
