@@ -32,6 +32,7 @@ from adntn_runtime.plan import ADNTNPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compression_table as table  # noqa: E402
+from _results import save  # noqa: E402
 from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             layers = plan_for(network, target, layout)
             if layers is None:
                 data["points"][key] = {"topology": topo, "target": target, "infeasible": True}
-                table.save(args.out, data)
+                save(args.out, data)
                 continue
             t0 = time.perf_counter()
             try:
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 continue
             data["points"][key] = point
-            table.save(args.out, data)
+            save(args.out, data)
             log(f"{key}: ratio {point['ratio']:,.0f}x, test accuracy {point['acc']:.4f}")
     plot(data, args.png)
     return 1 if failed else 0
