@@ -424,6 +424,12 @@ def test_cli_tune_says_which_tasks_were_not_tuned(chain, tmp_path, capsys):
     assert tuned["tasks"] >= 2 and len(tuned["untuned_tasks"]) == tuned["tasks"] - 1
     text = capsys.readouterr().out
     assert f"NOT FULLY TUNED: {tuned['tasks'] - 1} of {tuned['tasks']} tasks" in text
+    # a budget of one trial per task reaches every task (64 per visit reached only the first)
+    full = tmp_path / "full"
+    budget = str(tuned["tasks"])
+    assert main(["tune", chain, "--target", "host", "--trials", budget, "-o", str(full)]) == 0
+    assert json.loads((full / "manifest.json").read_text())["tuned"]["untuned_tasks"] == []
+    assert "NOT FULLY TUNED" not in capsys.readouterr().out
 
 
 def test_cli_help_does_not_import_tvm():

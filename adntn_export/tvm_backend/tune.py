@@ -240,7 +240,8 @@ def _check_measured(stats: TrialStats, db_dir: Path, target: str) -> tuple[int, 
 
 
 def _tune_tasks(
-    prepared: Prepared,
+    lowered: Any,
+    tasks: list[Any],
     tvm_target: Any,
     db_dir: Path,
     remaining: int,
@@ -251,14 +252,12 @@ def _tune_tasks(
     stats: TrialStats,
     say: Any,
 ) -> None:
-    """Run MetaSchedule over the model's tasks (``remaining`` trials) into ``db_dir``."""
+    """Run MetaSchedule over ``lowered``'s ``tasks`` (``remaining`` trials) into ``db_dir``."""
     from tvm.s_tir import meta_schedule as ms
 
-    lowered = _tuning_module(prepared, tvm_target)
     # MetaSchedule visits the tasks in turn, num_trials_per_iter each: with 64 per visit a
     # budget under 64 x tasks never reaches the last tasks (they stay plain loops). The visit
     # is sized so that every task gets its share of this run's budget first.
-    tasks = ms.relax_integration.extract_tasks(lowered, tvm_target)
     if op_names:
         tasks = [t for t in tasks if any(n in t.task_name for n in op_names)]
     per_visit = min(64, max(1, remaining // max(1, len(tasks))), max_trials_per_task or 64)
@@ -303,18 +302,24 @@ def _tuning_module(prepared: Prepared, tvm_target: Any) -> Any:
         )(prepared.mod)
 
 
-def untuned_tasks(prepared: Prepared, tvm_target: Any, db_dir: Path) -> dict[str, Any]:
-    """The model's tuning tasks with no valid record in the database at ``db_dir``: the tuned
-    build gives them no schedule, so they run as TVM's plain loops (no threads, no vectors).
+def tuning_tasks(prepared: Prepared, tvm_target: Any) -> tuple[Any, list[Any]]:
+    """The lowered module MetaSchedule tunes and its tasks."""
+    from tvm.s_tir import meta_schedule as ms
+
+    lowered = _tuning_module(prepared, tvm_target)
+    return lowered, list(ms.relax_integration.extract_tasks(lowered, tvm_target))
+
+
+def untuned_tasks(tasks: list[Any], db_dir: Path) -> dict[str, Any]:
+    """The ``tasks`` with no valid record in the database at ``db_dir``: the tuned build gives
+    them no schedule, so they run as TVM's plain loops (no threads, no vectors).
 
     Returns ``{"tasks": N, "untuned": [{"name", "flops"}, ...], "untuned_flop_share": f}``
     (``flops`` as TVM estimates them; the share is of all tasks' FLOPs, weighted by how often
     each task runs).
     """
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    tasks = ms.relax_integration.extract_tasks(_tuning_module(prepared, tvm_target), tvm_target)
     db = _open_database(db_dir)
     total = 0.0
     missing = []
@@ -391,10 +396,11 @@ def tune_onnx(
         f"(total {trials})"
     )
     stats = TrialStats()
+    lowered, tasks = tuning_tasks(prepared, tvm_target)
     t0 = time.perf_counter()
     if remaining:
         _tune_tasks(
-            prepared, tvm_target, db_dir, remaining, runner, builder,
+            lowered, tasks, tvm_target, db_dir, remaining, runner, builder,
             max_trials_per_task, op_names, stats, say,
         )  # fmt: skip
     tuning_s = time.perf_counter() - t0
@@ -402,7 +408,7 @@ def tune_onnx(
         say(f"{spec.name}: trials of this run\n{stats.table()}")
     valid, after = _check_measured(stats, db_dir, spec.name)
     say(f"{spec.name}: database has {valid}/{after} valid records; building the tuned module")
-    coverage = untuned_tasks(prepared, tvm_target, db_dir)
+    coverage = untuned_tasks(tasks, db_dir)
     if coverage["untuned"]:
         names = ", ".join(t["name"] for t in coverage["untuned"])
         say(

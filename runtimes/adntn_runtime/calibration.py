@@ -168,11 +168,14 @@ class DeviceRatesCache(_JsonCache):
         self._dirty = True
 
 
-def device_rates(threads: int = 1, *, directory: Path | None = None) -> DeviceRates:
-    """This device's rates for ``threads``: from the cache, else measured (about a second,
-    a 32 MiB weight resident meanwhile) and cached for every later load of any model."""
+def device_rates(
+    threads: int = 1, *, directory: Path | None = None, force: bool = False
+) -> DeviceRates:
+    """This device's rates for ``threads``: from the cache, else (or with ``force``) measured
+    (about a second, a 32 MiB weight resident meanwhile) and cached for every later load of
+    any model."""
     cache = DeviceRatesCache(directory=directory)
-    got = cache.rates(threads)
+    got = None if force else cache.rates(threads)
     if got is None:
         got = measure_device_rates(threads)
         cache.set_rates(threads, got)
@@ -339,15 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         counts = []
     if not counts or min(counts) < 1:
         parser.error(f"--threads {args.threads!r}: give positive integers, e.g. 1,2")
-    cache = DeviceRatesCache()
     for threads in counts:
-        rates = cache.rates(threads)
-        if rates is None or args.force:
-            rates = measure_device_rates(threads)
-            cache.set_rates(threads, rates)
+        rates = device_rates(threads, force=args.force)
         print(f"threads={threads}: " + json.dumps(rates.to_dict()))
-    cache.save()
-    print(f"cached in {cache.path}")
+    print(f"cached in {DeviceRatesCache().path}")
     return 0
 
 
