@@ -16,12 +16,16 @@ load average): latency measured on a busy machine is noisy, memory is not.
 
 Rows are cached in the JSON as they finish, so an interrupted run resumes; failed rows are
 recorded with their error (and retried by the next run) and make the script exit 1.
-``--rerun-loaded`` re-measures rows taken on a busy machine when the machine is quieter now.
+``--rerun-loaded`` re-measures rows taken on a busy machine when the machine is quieter now;
+``--remeasure`` re-measures the selected rows regardless (to compare runtimes in one run, under
+the same load; with ``--rounds`` interleaved). A ``tvm_tuned`` row tuned with fewer trials than
+``--tvm-trials`` asks for is tuned on (the database keeps the earlier trials) and re-measured.
 
 Usage::
 
     PYTHONPATH=.:runtimes:models python benchmarks/model_suite.py [--models alexnet,vgg16]
-        [--runtimes ort1,ort2,tvm,tvm_tuned] [--batches 1,8] [--rerun-loaded]
+        [--runtimes ort1,ort2,tvm,tvm_tuned] [--batches 1,8] [--variants dense,alexnet_whole]
+        [--configs fused,auto] [--rerun-loaded | --remeasure] [--rounds 3] [--tvm-trials 1600]
 
 Writes ``benchmarks/results/models.json`` and ``benchmarks/results/models.png`` (the plot is
 not committed); model files are cached in ``benchmarks/results/cache/model_suite/``.
@@ -276,6 +280,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         if tuned:  # the budget behind a tvm_tuned row, and what it left untuned
             out["tvm_tuning"] = {
                 "valid_records": tuned.get("valid_records"),
+                "trials_requested": tuned.get("trials_requested"),
                 "max_trials_per_task": tuned.get("max_trials_per_task"),
                 "tasks": tuned.get("tasks"),
                 "untuned_tasks": len(tuned.get("untuned_tasks") or []),
@@ -348,17 +353,23 @@ def _run(cmd: list[str], threads: int, timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def _tuned_budget(tuned: dict[str, Any]) -> int:
+    """The trial budget a tuned module was built with (older manifests: its valid records)."""
+    return int(tuned.get("trials_requested") or tuned.get("valid_records") or 0)
+
+
 def tvm_outdir(meta: dict[str, Any], batch: int, tuned: bool, trials: int) -> Path:
     """Compile (and tune) the model for the host once; raises with the tool's error."""
     src = ROOT / meta["path"]
     out = CACHE / "tvm" / f"{src.stem}_b{batch}{'_tuned' if tuned else ''}"
     if (out / "manifest.json").exists():
         done = json.loads((out / "manifest.json").read_text()).get("tuned") or {}
-        if not tuned or int(done.get("valid_records") or 0) >= trials:
+        if not tuned or _tuned_budget(done) >= trials:
             return out
         # a bigger budget: tune on (the database in out/ keeps the earlier trials)
     out.parent.mkdir(parents=True, exist_ok=True)
     verb = ["tune", "--trials", str(trials)] if tuned else ["compile"]
+    limit = 3600 + (6 * trials if tuned else 0)  # ~3.5 s a trial on a loaded 2-core host
     cmd = [
         sys.executable,
         "-m",
@@ -374,10 +385,10 @@ def tvm_outdir(meta: dict[str, Any], batch: int, tuned: bool, trials: int) -> Pa
     ]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=_env(os.cpu_count() or 1), timeout=7200
+            cmd, capture_output=True, text=True, env=_env(os.cpu_count() or 1), timeout=limit
         )
     except subprocess.TimeoutExpired:
-        raise RuntimeError("adntn compile/tune timed out after 7200 s") from None
+        raise RuntimeError(f"adntn {verb[0]} timed out after {limit} s") from None
     if proc.returncode != 0:
         err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no output)"]
         tail = next((ln for ln in reversed(err) if "error" in ln.lower()), err[-1])
@@ -390,13 +401,20 @@ def row_key(model: str, variant: str, runtime: str, config: str, batch: int) -> 
     return f"{model}|{variant}|{runtime}|{config}|b{batch}"
 
 
-def plan_rows(models: list[str], runtimes: list[str], batches: list[int]) -> list[dict]:
+def plan_rows(
+    models: list[str],
+    runtimes: list[str],
+    batches: list[int],
+    only_variants: set[str] | None = None,
+) -> list[dict]:
     rows = []
     for batch in batches:
         for runtime in runtimes:
             for model in models:
                 variants = ["dense", *RECIPES[model]]
                 for variant in variants:
+                    if only_variants and variant not in only_variants:
+                        continue
                     if runtime.startswith("ort"):
                         configs = ["dense"] if variant == "dense" else list(ORT_CONFIGS)
                     else:
@@ -754,6 +772,9 @@ def main() -> int:
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--configs", default="", help="only these configurations (default: all)")
+    ap.add_argument(
+        "--variants", default="", help="only these variants: dense or recipes (default: all)"
+    )
     ap.add_argument("--runs", type=int, default=30, help="timed calls per row (at most)")
     ap.add_argument("--max-seconds", type=float, default=6.0, help="time box of the timed calls")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
@@ -764,6 +785,11 @@ def main() -> int:
         default=1,
         help="measure every row this many times in interleaved rounds (A B C A B C; "
         "latencies: median over rounds), which evens out a busy machine's load",
+    )
+    ap.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure the selected rows again even where a row exists (the new one replaces it)",
     )
     ap.add_argument(
         "--rerun-loaded",
@@ -791,6 +817,10 @@ def main() -> int:
         ap.error(f"--runtimes: unknown {bad}; valid: {list(RUNTIMES)}")
     batches = [int(b) for b in args.batches.split(",")]
     configs = {c for c in args.configs.split(",") if c}
+    variants = {v for v in args.variants.split(",") if v}
+    known = {"dense", *(r for m in models for r in RECIPES[m])}
+    if variants - known:
+        ap.error(f"--variants: unknown {sorted(variants - known)}; valid: {sorted(known)}")
     out_path = Path(args.out)
     report: dict[str, Any] = {"schema": SCHEMA, "rows": {}}
     with contextlib.suppress(OSError, ValueError):
@@ -811,14 +841,21 @@ def main() -> int:
     )
     metas: dict[tuple[str, str], dict] = {}
     todo = [
-        r for r in plan_rows(models, runtimes, batches) if not configs or r["config"] in configs
+        r
+        for r in plan_rows(models, runtimes, batches, variants)
+        if not configs or r["config"] in configs
     ]
     done_now: set[str] = set()
     for rnd, row in [(k, r) for k in range(args.rounds) for r in todo]:
         old = report["rows"].get(row["key"])
         if rnd > 0 and row["key"] not in done_now:
             continue
-        if old and old.get("ok") and rnd == 0:
+        stale = (  # a tuned row measured with a smaller budget than asked for now
+            old is not None
+            and row["runtime"] == "tvm_tuned"
+            and _tuned_budget(old.get("tvm_tuning") or {}) < args.tvm_trials
+        )
+        if old and old.get("ok") and rnd == 0 and not (args.remeasure or stale):
             if not (args.rerun_loaded and old["machine_load"]["loaded"]):
                 continue
             now = current_other_share()
@@ -839,7 +876,7 @@ def main() -> int:
             got = measure_row(row, meta, args)
         if rnd > 0 and old and old.get("ok") and got.get("ok"):
             got = merge_rounds(old, got)
-        elif old and old.get("ok") and got.get("ok"):
+        elif old and old.get("ok") and got.get("ok") and not (args.remeasure or stale):
             # keep the quieter latency
             if got["machine_load"]["other_cpu_share"] > old["machine_load"]["other_cpu_share"]:
                 got = old
