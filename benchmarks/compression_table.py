@@ -21,7 +21,11 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    rank-48 convolutions and a wider classifier, still above 50x for the whole model);
    ``whole_lowrank``: ``<model>_whole_lowrank`` (AlexNet-32: fc6/fc7 in the split layout too,
    so the layer-wise fit starts them from their truncated SVD instead of a 20,000x tree);
-   ``whole_svd``: the same with fc8 low-rank too.
+   ``whole_svd``: the same with fc8 low-rank too. ``ttn_target``: the recipe
+   ``<model>_ttn_target``, the classifier at the issue's per-layer ratio targets (fc6 >= 100,000x
+   on AlexNet-32 and >= 20,000x on VGG-16-32, fc7 >= 150,000x, fc8 >= 100x; the convolutions
+   dense), with the plans ``frontier.py`` finds; ``ttn_target_linear``: the same, identity
+   activations.
 
 Every finished row is written at once to ``results/compression.json`` (committed) with its
 command, wall time and machine, and skipped by a later run with the same protocol, so the
@@ -66,7 +70,8 @@ NETWORKS = ("ttn", "attn", "mera")
 #: ``whole``: the recipe ``<model>_whole`` (convolutions compressed too; see its description);
 #: ``whole48``: ``<model>_whole48``, rank-48 convolutions and a wider classifier (AlexNet-32 only);
 #: ``whole_lowrank``: ``<model>_whole_lowrank``, fc6/fc7 low-rank too (their SVD start survives);
-#: ``whole_svd``: ``<model>_whole_svd``, fc8 low-rank too (every layer starts from its SVD).
+#: ``whole_svd``: ``<model>_whole_svd``, fc8 low-rank too (every layer starts from its SVD);
+#: ``ttn_target``: ``<model>_ttn_target``, the classifier at the per-layer ratio targets.
 #: A row whose test accuracy is below this (10 classes: chance is 0.1) learned nothing: the
 #: run reports it as failed and exits 1 (the row stays cached: the protocol gave it).
 CHANCE_BELOW = 0.2
@@ -78,6 +83,8 @@ RECIPES = (
     "whole48",
     "whole_lowrank",
     "whole_svd",
+    "ttn_target",
+    "ttn_target_linear",
 )
 LINEAR = "_linear"  # a recipe name's suffix: the same recipe with identity activations
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from adntn_export import ADNTNConv2d, ADNTNLinear, compression_report
 from adntn_export.compress import compress, list_recipes, load_recipe, resolve_layers
-from adntn_models import alexnet32, get_model, mlp, small_cnn, vgg16_32
+from adntn_models import alexnet32, get_model, input_shape, mlp, small_cnn, vgg16_32
 
 
 def _kinds(model: nn.Module) -> dict[str, str]:
@@ -156,6 +156,22 @@ def test_benchmark_recipes_meet_the_ratio_targets(name, network):
         assert 7_500 <= ratios["fc6"] < 10_000
     else:
         assert ratios["fc6"] >= 10_000
+
+
+@pytest.mark.parametrize(("name", "fc6_target"), [("alexnet32", 100_000), ("vgg16_32", 20_000)])
+def test_target_recipes_meet_the_per_layer_targets(name, fc6_target):
+    """``<model>_ttn_target`` (issue 13's per-layer targets, every stored number counted):
+    fc6 >= 100,000x on AlexNet-32 and >= 20,000x on VGG-16-32, fc7 >= 150,000x, fc8 >= 100x;
+    the convolutions stay dense; the model still runs."""
+    model = get_model(name)
+    compress(model, recipe=f"{name}_ttn_target", fit=False)
+    aliases = {path: a for a, path in {**model.conv_layers, **model.fc_layers}.items()}
+    ratios = {aliases[r.name]: r.ratio for r in compression_report(model).layers}
+    assert set(ratios) == {"fc6", "fc7", "fc8"}
+    assert ratios["fc6"] >= fc6_target and ratios["fc7"] >= 150_000 and ratios["fc8"] >= 100
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, *input_shape(name)[-3:]))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
 def test_unknown_recipe():

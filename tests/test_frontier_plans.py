@@ -1,0 +1,55 @@
+"""benchmarks/frontier.py's plan search: targets parsed with CLI-flag errors, budgets kept,
+the per-layer targets reached by the plans the ``*_ttn_target`` recipes ship."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from adntn_export.compress import load_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import frontier  # noqa: E402
+
+
+def test_parse_target():
+    assert frontier.parse_target("1e4") == {"fc6": 1e4, "fc7": 1e4}
+    assert frontier.parse_target("1e5/1.5e5") == {"fc6": 1e5, "fc7": 1.5e5}
+    for bad in ("abc", "0.5", "1e4/2e4/3e4", "1e4/"):
+        with pytest.raises(ValueError, match=r"--targets: bad target .* valid: a ratio >= 1"):
+            frontier.parse_target(bad)
+
+
+def test_bias_generator_cost():
+    # a bond-1 bias generator of a 4096-wide layer: what the 3e5 target cannot fit under
+    assert frontier._bias_stored(4096) == 35
+
+
+@pytest.mark.parametrize("target", ["1e2", "1e4", "1e5/1.5e5"])
+def test_plans_stay_within_their_budgets(target):
+    targets = frontier.parse_target(target)
+    plans = frontier.plan_for("ttn", targets)
+    assert plans is not None and set(plans) == set(frontier.LAYERS)
+    for name, plan in plans.items():
+        out_f, in_f = frontier.LAYERS[name]
+        dense = out_f * in_f + out_f
+        assert plan["ratio"] >= targets[name]
+        assert plan["stored"] == frontier.layer_stored(
+            "ttn", (out_f, in_f), plan["num_sites"], plan["bond_dim"], "paired", plan["arity"]
+        )
+        assert dense / plan["stored"] == pytest.approx(plan["ratio"])
+
+
+def test_targets_past_the_smallest_plan_are_infeasible():
+    assert frontier.plan_for("ttn", 3e5) is None
+
+
+def test_the_target_recipe_ships_the_plans_the_search_finds():
+    plans = frontier.plan_for("ttn", frontier.parse_target("1e5/1.5e5"))
+    assert plans is not None
+    layers = load_recipe("alexnet32_ttn_target")["layers"]
+    for name, plan in plans.items():
+        shipped = {"arity": 2, **layers[name]}
+        assert shipped == {k: plan[k] for k in ("num_sites", "bond_dim", "arity")}
