@@ -480,3 +480,41 @@ def test_manifest_without_layers_still_loads(chain, tmp_path):
     del raw["layers"]
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     assert tc.Manifest.load(tmp_path).layers == {}
+
+
+def test_use_target_threads_respects_the_user(monkeypatch):
+    import os
+
+    from adntn_runtime.tvm.run import use_target_threads
+
+    for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):  # recorded: restored after the test
+        monkeypatch.delenv(var, raising=False)
+    assert use_target_threads({"num-cores": 1}) == 1
+    assert os.environ["TVM_NUM_THREADS"] == "1"
+    assert use_target_threads({"num-cores": 2}) is None  # a setting that stands is kept
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    assert use_target_threads({}) is None and "TVM_NUM_THREADS" not in os.environ
+    assert use_target_threads({"num-cores": 10_000}) == os.cpu_count()  # at most this machine
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert use_target_threads({"num-cores": 1}) is None
+
+
+def test_loaded_host_module_runs_on_the_targets_cores(chain, tmp_path):
+    """TVM's own default halves the CPUs on x86; a loaded module gets its target's num-cores
+    (in a fresh process: the pool is sized once per process)."""
+    import os
+
+    tc.compile_onnx(chain, get_target("host").with_num_cores(2), tmp_path)
+    code = (
+        "import sys, tvm\n"
+        "from adntn_runtime.tvm.run import load\n"
+        "load(sys.argv[1])\n"
+        "print(tvm.runtime.num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == min(2, os.cpu_count() or 1)

@@ -50,6 +50,7 @@ from typing import Any
 from adntn_export.tvm_backend.compile import Manifest, Prepared, export, prepare_relax
 from adntn_export.tvm_backend.measure import TrialStats, database_measurements, stats_callback
 from adntn_export.tvm_backend.targets import TargetSpec, get_target
+from adntn_runtime.tvm.run import use_target_threads
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
@@ -187,6 +188,10 @@ def _runner_and_builder(
                 f"target {spec.name!r} must be measured on the device: pass rpc_tracker="
                 "'HOST:PORT' and rpc_key (see `adntn serve-device`)"
             )
+        # the runner's workers inherit the thread count the module will run with (TVM's
+        # default halves the CPUs on x86: candidates parallelised for num-cores would be
+        # measured on half of them)
+        use_target_threads(spec.target_dict())
         return ms.runner.LocalRunner(), _in_process_builder()
     if not rpc_key:
         raise ValueError("rpc_tracker needs rpc_key (the key the device server registered)")

@@ -208,9 +208,35 @@ def load(out_dir: str | os.PathLike[str]) -> LoadedModel:
             "run_with_runner"
         )
     verify_files(out_dir, manifest)
+    use_target_threads(manifest.target_config)
     lib = tvm.runtime.load_module(str(Path(out_dir) / MODEL_FILE))
     dev = tvm.cpu()
     return LoadedModel(relax.VirtualMachine(lib, dev), manifest, dev)
+
+
+#: Environment variables TVM's CPU thread pool reads its size from (the first one set wins).
+THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def use_target_threads(target_config: Mapping[str, Any]) -> int | None:
+    """Size TVM's CPU thread pool for the cores the module was tuned for, unless the user did.
+
+    TVM sizes its pool once, at its first parallel call, from ``TVM_NUM_THREADS`` (or
+    ``OMP_NUM_THREADS``), else from the logical CPU count, halved on x86 (it assumes
+    hyper-threading): on a 2-core x86 machine a module MetaSchedule parallelised for 2 cores
+    ran on 1 thread. Where neither variable is set this sets ``TVM_NUM_THREADS`` to the
+    target's ``num-cores`` (at most this machine's CPUs) and returns it; None where the user's
+    setting stands or the target names no core count. A pool this process already started
+    keeps its size.
+    """
+    if any(os.environ.get(var) for var in THREAD_VARS):
+        return None
+    cores = target_config.get("num-cores")
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+        return None
+    threads = min(cores, os.cpu_count() or cores)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def load_rpc(
