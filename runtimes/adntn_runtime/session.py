@@ -558,10 +558,21 @@ def _layer_input_shape(model: onnx.ModelProto, value: str, batch: int) -> list[i
     return None
 
 
-def _session_options(threads: int | None, no_folding: bool, optimized_path: str | None) -> Any:
+def _session_options(
+    threads: int | None,
+    no_folding: bool,
+    optimized_path: str | None,
+    memory_pattern: bool = False,
+) -> Any:
+    """ORT options of a runtime session. ``memory_pattern`` (ORT's default: on) plans one
+    block for all intermediate tensors of the first call's shapes; measured on canonical
+    VGG-16 at batch 8 (1 thread, 2026-12-06) it raised the peak RSS of the fused whole model
+    from 316 to 459 MB and of the fused classifier from 418 to 597 MB, with no latency gain
+    (AlexNet and batch 1: no change either way). Off unless asked for."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.enable_mem_pattern = memory_pattern
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -941,6 +952,7 @@ def load(
     tile_rows: int | None = None,
     optimized_model_path: str | os.PathLike[str] | None = None,
     allow_nonfinite: bool = False,
+    memory_pattern: bool = False,
 ) -> Session:
     """Load an ONNX file and pick each ADNTN layer's mode; returns a :class:`Session`.
 
@@ -962,6 +974,9 @@ def load(
         tile_rows: rows per regenerate tile (default: the plan's, about 1/64 of the rows).
         optimized_model_path: ask ORT to write its optimized graph there (for inspection).
         allow_nonfinite: load ADNTN layers holding NaN / Inf (refused by default).
+        memory_pattern: let ONNX Runtime plan one memory block for the intermediate tensors
+            of the first call's shapes (its ``enable_mem_pattern``). Off by default: on
+            VGG-16 at batch 8 it cost 1.4x the peak RSS for no measured speed-up.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -978,6 +993,7 @@ def load(
         calibrate=calibrate,
         einsum=einsum,
         tile_rows=tile_rows,
+        memory_pattern=bool(memory_pattern),
     )
     path = Path(path)
     model = _read_model(path, allow_nonfinite)
@@ -1030,7 +1046,7 @@ def _load_auto(
             weight_dir=folder,
         )
         del model
-        so = _session_options(threads, no_fold, optimized_model_path)
+        so = _session_options(threads, no_fold, optimized_model_path, options["memory_pattern"])
         sess = _ort_session_from_dir(lowered, so, folder, path)
     _release_freed_memory()
     options["constant_folding"] = not no_fold
@@ -1073,7 +1089,7 @@ def _load_fixed(
             einsum=info.get("einsum"),
         )
     no_fold = "ConstantFolding" in meta.get(SESSION_OPTIONS_KEY, "")
-    so = _session_options(threads, no_fold, optimized_path)
+    so = _session_options(threads, no_fold, optimized_path, options["memory_pattern"])
     sess = _make_ort_session(str(path), so, path)
     options["constant_folding"] = not no_fold
     return Session(
