@@ -568,7 +568,8 @@ def _session_options(
     block for all intermediate tensors of the first call's shapes; measured on canonical
     VGG-16 at batch 8 (1 thread, 2026-12-06) it raised the peak RSS of the fused whole model
     from 316 to 459 MB and of the fused classifier from 418 to 597 MB, with no latency gain
-    (AlexNet and batch 1: no change either way). Off unless asked for."""
+    measured (on a loaded box; AlexNet and batch 1: no change either way). Off unless asked
+    for."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
