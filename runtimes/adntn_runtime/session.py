@@ -565,11 +565,10 @@ def _session_options(
     memory_pattern: bool = False,
 ) -> Any:
     """ORT options of a runtime session. ``memory_pattern`` (ORT's default: on) plans one
-    block for all intermediate tensors of the first call's shapes; measured on canonical
-    VGG-16 at batch 8 (1 thread, 2026-12-06) it raised the peak RSS of the fused whole model
-    from 316 to 459 MB and of the fused classifier from 418 to 597 MB, with no latency gain
-    measured (on a loaded box; AlexNet and batch 1: no change either way). Off unless asked
-    for."""
+    block for all intermediate tensors of the first call's shapes. ``benchmarks/model_suite.py``
+    on a quiet 2-core box, canonical VGG-16 compressed whole (``vgg16_whole``), fused, batch 8:
+    peak RSS 456 MB with it, 320 MB without; p50 301 -> 281 ms (1 thread), 150 -> 133 ms (2);
+    dense 1,125 -> 1,128 MB. Off unless asked for."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -977,7 +976,7 @@ def load(
         allow_nonfinite: load ADNTN layers holding NaN / Inf (refused by default).
         memory_pattern: let ONNX Runtime plan one memory block for the intermediate tensors
             of the first call's shapes (its ``enable_mem_pattern``). Off by default: on
-            VGG-16 at batch 8 it cost 1.4x the peak RSS for no measured speed-up.
+            VGG-16 at batch 8 it cost 1.4x the peak RSS and was no faster.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
