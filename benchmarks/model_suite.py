@@ -57,6 +57,8 @@ RESULTS = HERE / "results"
 CACHE = RESULTS / "cache" / "model_suite"
 SCHEMA = "adntn.model_suite/1"
 MB = 2**20
+#: This run of the script (rows measured together share it; see ``_apart_note``).
+INVOCATION = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"-{os.getpid()}"
 
 #: Recipes per model; ``vgg16_ttn_conv`` (defined below) also compresses conv4_*/conv5_*;
 #: ``*_whole`` compress (almost) every convolution too, in the split layout (low-rank convs).
@@ -488,6 +490,7 @@ def measure_row(row: dict, meta: dict, args: argparse.Namespace) -> dict[str, An
         "file_bytes": meta["file_bytes"],
         "weight_bytes_on_disk": meta["weight_bytes_on_disk"],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "invocation": INVOCATION,
         "machine_load": lm.result,
         **{k: v for k, v in got.items() if k != "error"},
     }
@@ -520,6 +523,19 @@ def _find(rows: dict, **want: Any) -> dict | None:
     return None
 
 
+def _apart_note(*rs: dict) -> str:
+    """Why a latency ratio of ``rs`` may not be a fair one: the rows come from different runs
+    of this script (``invocation``; older rows: ``measured_at`` more than 5 minutes apart).
+    The same configuration measured half an hour apart on this shared VM has differed by up
+    to 1.5x; compare rows of one run (``--remeasure --rounds 3`` interleaves them)."""
+    runs = {r.get("invocation") for r in rs}
+    if None not in runs:
+        return "" if len(runs) == 1 else "rows from different runs of the suite"
+    stamps = [time.mktime(time.strptime(r["measured_at"], "%Y-%m-%dT%H:%M:%SZ")) for r in rs]
+    gap = (max(stamps) - min(stamps)) / 60
+    return "" if gap <= 5 else f"rows measured {gap:.0f} min apart (different runs)"
+
+
 def _load_txt(*rs: dict) -> str:
     shares = [r["machine_load"]["other_cpu_share"] for r in rs]
     return f"others used {100 * max(shares):.0f}% CPU" + (
@@ -532,6 +548,8 @@ def evaluate(rows: dict) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, where: str, value: float, limit: float, *rs: dict, note: str = "") -> None:
+        if "p50" in name and not note:
+            note = _apart_note(*rs)
         out.append(
             {
                 "target": name,
@@ -704,7 +722,8 @@ def table(report: dict) -> str:
     for t in report["targets"]:
         lines.append(
             f"- {'MET ' if t['met'] else 'MISSED'} {t['target']}: {t['where']}: "
-            f"{t['value']:.3g} (limit {t['limit']:g}; {t['load']})"
+            f"{t['value']:.3g} (limit {t['limit']:g}; {t['load']}"
+            + (f"; {t['note']})" if t.get("note") else ")")
         )
     return "\n".join(lines)
 

@@ -1,0 +1,76 @@
+"""benchmarks/model_suite.py's target evaluation on synthetic rows: a latency ratio between
+rows of different runs of the suite says so (the same configuration measured half an hour
+apart on a shared VM differed by up to 1.5x), rows of one run carry no such note, and
+interleaved rounds merge into medians."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import model_suite  # noqa: E402
+
+QUIET = {"other_cpu_share": 0.0, "loaded": False}
+
+
+def _row(config: str, p50: float, when: str, invocation: str | None, **extra) -> dict:
+    row = {
+        "key": f"alexnet|alexnet_ttn|ort1|{config}|b1",
+        "ok": True,
+        "model": "alexnet",
+        "variant": "alexnet_ttn",
+        "runtime": "ort1",
+        "batch": 1,
+        "config": config,
+        "p50_ms": p50,
+        "peak_rss_bytes": 100 * model_suite.MB,
+        "load_peak_rss_bytes": 100 * model_suite.MB,
+        "measured_at": when,
+        "machine_load": QUIET,
+        "modes": {"classifier.1": "fused"},
+        **extra,
+    }
+    if invocation is not None:
+        row["invocation"] = invocation
+    return row
+
+
+def _policy(rows: list[dict]) -> dict:
+    got = model_suite.evaluate({r["key"]: r for r in rows})
+    (target,) = [t for t in got if t["target"].startswith("policy's pick")]
+    return target
+
+
+@pytest.mark.parametrize(
+    ("fused_run", "auto_run", "auto_when", "note"),
+    [
+        ("run-a", "run-a", "2026-12-06T02:44:00Z", ""),
+        ("run-a", "run-b", "2026-12-06T02:15:00Z", "rows from different runs of the suite"),
+        (None, None, "2026-12-06T02:18:00Z", ""),  # older rows: 3 min apart
+        (None, None, "2026-12-06T02:44:00Z", "rows measured 29 min apart (different runs)"),
+    ],
+)
+def test_latency_ratio_of_rows_from_different_runs_says_so(fused_run, auto_run, auto_when, note):
+    fused = _row("fused", 6.6, "2026-12-06T02:15:00Z", fused_run)
+    auto = _row("auto", 10.1, auto_when, auto_run)
+    target = _policy([fused, auto])
+    assert target["value"] == pytest.approx(10.1 / 6.6, abs=1e-3)
+    assert target["met"] is False
+    assert target["note"] == note
+    line = [x for x in model_suite.table({"rows": {}, "targets": [target]}).splitlines() if x]
+    assert line[-1].endswith(f"; {note})" if note else "(quiet))")
+
+
+def test_interleaved_rounds_take_median_latency_and_worst_memory():
+    a = _row("fused", 9.0, "2026-12-06T02:15:00Z", "r")
+    b = _row("fused", 7.0, "2026-12-06T02:16:00Z", "r", machine_load={"other_cpu_share": 0.3})
+    b["peak_rss_bytes"] = 120 * model_suite.MB
+    c = _row("fused", 8.0, "2026-12-06T02:17:00Z", "r")
+    merged = model_suite.merge_rounds(model_suite.merge_rounds(a, b), c)
+    assert merged["p50_ms"] == 8.0
+    assert [r["p50_ms"] for r in merged["rounds"]] == [9.0, 7.0, 8.0]
+    assert merged["peak_rss_bytes"] == 120 * model_suite.MB
+    assert merged["machine_load"]["other_cpu_share"] == 0.3
