@@ -336,6 +336,7 @@ def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkey
     _, x, ref, auto, _ = exported
     monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))  # an empty calibration cache
     monkeypatch.setattr(session, "_HEAVY_MIN_BYTES", 0)  # this model's layers are small
+    monkeypatch.setattr(session, "_HEAVY_SHARE", 0.0)
     measured: list[tuple[str, str]] = []
     real = session._measure_layer
 
@@ -370,6 +371,53 @@ def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkey
                 assert "measured only if picked" in note or "predicted >" in note
                 skipped += 1
     assert skipped  # the rule was exercised (materialize is far heavier than fused here)
+
+
+def test_heavy_floor_is_a_share_of_the_sessions_footprint(exported, monkeypatch, tmp_path):
+    """A candidate is heavy above 5% of the footprint known before calibrating (resident set
+    plus the model's initializers), not above a fixed 16 MiB: a 12 MiB materialized weight
+    beside a fused layer of a few KB, in a 100 MiB process, is measured only if picked (it
+    raised canonical AlexNet's load peak to 1.15x the fused session's)."""
+    import adntn_runtime.calibration as calibration
+    import adntn_runtime.session as session
+
+    _, x, ref, auto, _ = exported
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibration, "vm_rss_bytes", lambda: 100 * 2**20)
+    measured: list[tuple[str, str]] = []
+    real = session._measure_layer
+
+    def counted(spec, mode, *args, **kwargs):
+        measured.append((spec.name, mode))
+        return real(spec, mode, *args, **kwargs)
+
+    monkeypatch.setattr(session, "_measure_layer", counted)
+    real_candidates = session.layer_candidates
+
+    def heavy_materialize(*args, **kwargs):  # 12 MiB, predicted 9x slower than the best
+        cands = real_candidates(*args, **kwargs)
+        best = min(c.predicted_ms for c in cands if c.mode != "materialize")
+        return [
+            dataclasses.replace(c, predicted_ms=9.0 * best, memory_bytes=12 * 2**20)
+            if c.mode == "materialize"
+            else c
+            for c in cands
+        ]
+
+    monkeypatch.setattr(session, "layer_candidates", heavy_materialize)
+    s = load(auto, threads=1, batch=1)
+    assert _rel(s.run(x[:1])[0], ref[:1]) < TOL
+    weights = sum(
+        math.prod(t.dims) * 4 for t in onnx.load(str(auto)).graph.initializer
+    )  # this model's initializers are float32 and small
+    floor = max(4 * 2**20, 0.05 * (100 * 2**20 + weights))
+    assert floor < 12 * 2**20 < 16 * 2**20
+    for name, d in s.decisions.items():
+        assert d.mode != "materialize"
+        assert (name, "materialize") not in measured
+        note = next(a["note"] for a in d.alternatives if a["mode"] == "materialize")
+        assert "measured only if picked (it needs 12.0 MiB" in note
+        assert f"over {floor / 2**20:.1f} MiB, 5% of the session's footprint" in note
 
 
 def test_budget_drives_the_choice(exported):
