@@ -68,8 +68,9 @@ _DEFAULTS: dict[str, Any] = {
     "bias": "dense",
 }
 # Keys a recipe's "defaults" / per-layer entries may carry besides the ADNTN layer
-# arguments: they steer the fit rather than the layer.
-_FIT_KEYS = ("fit_steps", "fit_lr", "activation_weight")
+# arguments: they steer the fit rather than the layer ("discard_fit_above": that layer's
+# ``compress(discard_fit_above=...)``; JSON null: never discard its fit).
+_FIT_KEYS = ("fit_steps", "fit_lr", "activation_weight", "discard_fit_above")
 #: What decides which cores a fitted layer keeps (``compress(select=...)``).
 SELECTIONS = ("objective", "output")
 #: Calibration images per forward pass when scoring candidates by the model's output.
@@ -327,7 +328,8 @@ def compress(
             dict; supplies ``layers`` and the defaults below.
         layers: Which layers (see :func:`resolve_layers`): names, ``model.fc_layers``
             aliases, fnmatch patterns, or a dict name/pattern -> per-layer overrides
-            (any ADNTN layer argument, plus ``fit_steps``/``fit_lr``/``activation_weight``).
+            (any ADNTN layer argument, plus ``fit_steps``/``fit_lr``/``activation_weight``
+            and ``discard_fit_above``, None: never discard that layer's fit).
             ``None`` (and no recipe): every ``nn.Linear``.
         network, bond_dim, activation, bias: ADNTN layer arguments for every chosen
             layer; ``None`` means the recipe's value, else ``"ttn"``, ``4``, ``"tanh"``,
@@ -418,18 +420,19 @@ def _build_all(
     if calibration is not None and fit:
         inputs = _capture_inputs(model, list(chosen), calibration, max_calibration_rows)
     modules = dict(model.named_modules())
-    built = {
-        name: _replacement(
+    built = {}
+    for name, overrides in chosen.items():
+        kwargs = {**defaults, **overrides}
+        discard = _discard_limit(name, kwargs.pop("discard_fit_above", discard_fit_above))
+        built[name] = _replacement(
             modules[name],
-            {**defaults, **overrides},
+            kwargs,
             fit=fit,
             fit_args=fit_args,
             calibration=inputs.get(name),
             match_norm=match_norm,
-            discard_fit_above=math.inf if select == "output" else discard_fit_above,
+            discard_fit_above=math.inf if select == "output" else discard,
         )
-        for name, overrides in chosen.items()
-    }
     if select == "output":
         assert calibration is not None
         ref = model_outputs(model, calibration)  # the dense model's, shared by every layer
@@ -441,6 +444,18 @@ def _build_all(
                 model, name, layer, result, kwargs, fit_args, inputs[name], calibration, ref
             )
     return built
+
+
+def _discard_limit(name: str, value: Any) -> float:
+    """A layer's ``discard_fit_above`` (a recipe's per-layer value; None: never discard)."""
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"layer {name!r}: discard_fit_above {value!r} is not valid; valid: a number > 0 "
+            "(a relative weight error) or null (never discard the fit)"
+        )
+    return float(value)
 
 
 @torch.no_grad()

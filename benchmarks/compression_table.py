@@ -19,8 +19,9 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    the recipe ``<model>_whole``, which compresses the convolutions too (whole-network
    compression), trained the same way; ``whole48``: the recipe ``<model>_whole48`` (AlexNet-32:
    rank-48 convolutions and a wider classifier, still above 50x for the whole model);
-   ``whole_lowrank``: ``<model>_whole_lowrank`` (AlexNet-32: fc6/fc7 in the split layout too,
-   so the layer-wise fit starts them from their truncated SVD instead of a 20,000x tree);
+   ``whole_lowrank``: ``<model>_whole_lowrank`` (fc6/fc7 in the split layout too, so the
+   layer-wise fit starts them from their truncated SVD instead of a 20,000x tree; VGG-16-32's
+   also never discards a split layer's fit: the recipe's ``discard_fit_above`` is null there);
    ``whole_svd``: the same with fc8 low-rank too. ``ttn_target``: the recipe
    ``<model>_ttn_target``, the classifier at the issue's per-layer ratio targets (fc6 >= 100,000x
    on AlexNet-32 and >= 20,000x on VGG-16-32, fc7 >= 150,000x, fc8 >= 100x; the convolutions

@@ -214,6 +214,41 @@ def test_useless_fit_is_discarded_and_reported():
     assert not kept.adntn_fit_report["0"].discarded
 
 
+def test_a_recipe_layer_can_keep_its_fit_whatever_its_error():
+    """A recipe's per-layer ``discard_fit_above`` (null: never) overrides compress's rule for
+    that layer only: a split layer's start is the truncated SVD of the trained weight, which
+    a restart from the Kaiming-scale init can only lose."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(256, 128), nn.Linear(128, 64))  # random: errors above 0.9
+    layer = {"bond_dim": 2, "num_sites": 4, "fit_steps": 5}
+    model = compress(
+        dense,
+        recipe={"layers": {"0": {**layer, "discard_fit_above": None}, "1": layer}},
+    )
+    report = model.adntn_fit_report
+    assert report["0"].relative_error > 0.9 and not report["0"].discarded
+    assert report["1"].relative_error > 0.9 and report["1"].discarded
+    for bad in (0, -1.0, "never", True):
+        with pytest.raises(ValueError, match=rf"layer '0': discard_fit_above {bad!r} is not "):
+            compress(
+                nn.Sequential(nn.Linear(16, 8)),
+                layers={"0": {"discard_fit_above": bad}},
+                bond_dim=2,
+                fit_steps=1,
+            )
+
+
+def test_vgg16_32_whole_lowrank_keeps_every_split_start_at_20x():
+    recipe = load_recipe("vgg16_32_whole_lowrank")
+    split = {k for k, v in recipe["layers"].items() if v.get("layout") == "split"}
+    assert {"fc6", "fc7", "conv1_2", "conv5_3"} <= split
+    assert all(recipe["layers"][k]["discard_fit_above"] is None for k in split)
+    dense = vgg16_32()
+    model = compress(vgg16_32(), recipe=recipe, fit=False)
+    stored = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in dense.parameters()) / stored >= 20
+
+
 def test_a_fit_is_kept_when_it_reproduces_the_weight_or_the_outputs():
     """compress's discard rule: a low-rank fit of a trained layer (weight error above 0.9, but
     the outputs on the calibration inputs kept) is kept; a fit that captures neither (a
