@@ -763,10 +763,14 @@ class _Planner:
         """Bytes under which no candidate counts as heavy (see :data:`_HEAVY_SHARE`)."""
         from adntn_runtime.calibration import vm_rss_bytes
 
-        weights = sum(
-            math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-            for t in self.model.graph.initializer
-        )
+        def nbytes(t: onnx.TensorProto) -> int:
+            try:
+                item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            except (KeyError, ValueError, TypeError):  # the file was checked; count 4 bytes
+                item = 4
+            return math.prod(t.dims) * item
+
+        weights = sum(nbytes(t) for t in self.model.graph.initializer)
         return max(_HEAVY_MIN_BYTES, _HEAVY_SHARE * (vm_rss_bytes() + weights))
 
     @property
