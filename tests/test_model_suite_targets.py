@@ -74,3 +74,37 @@ def test_interleaved_rounds_take_median_latency_and_worst_memory():
     assert [r["p50_ms"] for r in merged["rounds"]] == [9.0, 7.0, 8.0]
     assert merged["peak_rss_bytes"] == 120 * model_suite.MB
     assert merged["machine_load"]["other_cpu_share"] == 0.3
+
+
+def test_trunk_share_cuts_the_dense_file_where_the_classifier_starts(tmp_path):
+    """benchmarks/trunk_share.py times a dense model's convolution trunk: the file it cuts
+    ends at the tensor the classifier flattens, and computes what torch's trunk computes
+    (``onnx.reference``, independent of ONNX Runtime)."""
+    import onnx
+    import onnx.utils
+    import torch
+    import trunk_share
+    from onnx.reference import ReferenceEvaluator
+
+    from adntn_export.onnx_export import export_onnx
+    from adntn_models import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    x = torch.randn(2, 1, 28, 28)
+    path = tmp_path / "dense.onnx"
+    export_onnx(model, x, path, mode="fused")
+    cut = trunk_share.trunk_output(onnx.load(str(path)))
+    trunk = tmp_path / "trunk.onnx"
+    onnx.utils.extract_model(str(path), str(trunk), ["input"], [cut])
+    (got,) = ReferenceEvaluator(str(trunk)).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = model.features(x).numpy()
+    assert got.shape == want.shape == (2, 64, 7, 7)
+    assert abs(got - want).max() <= 1e-4 * abs(want).max()
+    no_fc = onnx.helper.make_model(
+        onnx.helper.make_graph([], "empty", [], []),
+        opset_imports=[onnx.helper.make_opsetid("", 18)],
+    )
+    with pytest.raises(ValueError, match="no Gemm/MatMul"):
+        trunk_share.trunk_output(no_fc)
