@@ -327,6 +327,21 @@ def test_device_rates_measured_once_per_device(tmp_path, monkeypatch, capsys):
     assert "--threads '0'" in capsys.readouterr().err
 
 
+def _record_measurements(monkeypatch) -> list[tuple[str, str]]:
+    """The (layer, mode) pairs calibration measures from now on, in order."""
+    import adntn_runtime.session as session
+
+    measured: list[tuple[str, str]] = []
+    real = session._measure_layer
+
+    def counted(spec, mode, *args, **kwargs):
+        measured.append((spec.name, mode))
+        return real(spec, mode, *args, **kwargs)
+
+    monkeypatch.setattr(session, "_measure_layer", counted)
+    return measured
+
+
 def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkeypatch, tmp_path):
     """Calibration must not pay for memory the chosen modes never need: a candidate needing
     over 4x the memory of its layer's lightest one is measured only if the policy picks it on
@@ -337,14 +352,7 @@ def test_calibration_measures_heavy_candidates_only_when_picked(exported, monkey
     monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))  # an empty calibration cache
     monkeypatch.setattr(session, "_HEAVY_MIN_BYTES", 0)  # this model's layers are small
     monkeypatch.setattr(session, "_HEAVY_SHARE", 0.0)
-    measured: list[tuple[str, str]] = []
-    real = session._measure_layer
-
-    def counted(spec, mode, *args, **kwargs):
-        measured.append((spec.name, mode))
-        return real(spec, mode, *args, **kwargs)
-
-    monkeypatch.setattr(session, "_measure_layer", counted)
+    measured = _record_measurements(monkeypatch)
     real_candidates = session.layer_candidates
 
     def slower_materialize(*args, **kwargs):  # predicted 3x slower: within the 10x measured
@@ -384,14 +392,7 @@ def test_heavy_floor_is_a_share_of_the_sessions_footprint(exported, monkeypatch,
     _, x, ref, auto, _ = exported
     monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(calibration, "vm_rss_bytes", lambda: 100 * 2**20)
-    measured: list[tuple[str, str]] = []
-    real = session._measure_layer
-
-    def counted(spec, mode, *args, **kwargs):
-        measured.append((spec.name, mode))
-        return real(spec, mode, *args, **kwargs)
-
-    monkeypatch.setattr(session, "_measure_layer", counted)
+    measured = _record_measurements(monkeypatch)
     real_candidates = session.layer_candidates
 
     def heavy_materialize(*args, **kwargs):  # 12 MiB, predicted 9x slower than the best
