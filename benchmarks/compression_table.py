@@ -22,7 +22,9 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    ``whole_lowrank``: ``<model>_whole_lowrank`` (fc6/fc7 in the split layout too, so the
    layer-wise fit starts them from their truncated SVD instead of a 20,000x tree; VGG-16-32's
    also never discards a split layer's fit: the recipe's ``discard_fit_above`` is null there);
-   ``whole_svd``: the same with fc8 low-rank too. ``ttn_target``: the recipe
+   ``whole_svd``: the same with fc8 low-rank too; ``whole_deep``: ``<model>_whole_deep``
+   (VGG-16-32: as ``whole_lowrank`` with conv1_2-conv2_2 dense and fc7 at rank 16, about
+   21x). ``ttn_target``: the recipe
    ``<model>_ttn_target``, the classifier at the issue's per-layer ratio targets (fc6 >= 100,000x
    on AlexNet-32 and >= 20,000x on VGG-16-32, fc7 >= 150,000x, fc8 >= 100x; the convolutions
    dense), with the plans ``frontier.py`` finds; ``ttn_target_linear``: the same, identity
@@ -72,6 +74,7 @@ NETWORKS = ("ttn", "attn", "mera")
 #: ``whole48``: ``<model>_whole48``, rank-48 convolutions and a wider classifier (AlexNet-32 only);
 #: ``whole_lowrank``: ``<model>_whole_lowrank``, fc6/fc7 low-rank too (their SVD start survives);
 #: ``whole_svd``: ``<model>_whole_svd``, fc8 low-rank too (every layer starts from its SVD);
+#: ``whole_deep``: ``<model>_whole_deep``, the first convolutions dense (VGG-16-32 only);
 #: ``ttn_target``: ``<model>_ttn_target``, the classifier at the per-layer ratio targets.
 #: A row whose test accuracy is below this (10 classes: chance is 0.1) learned nothing: the
 #: run reports it as failed and exits 1 (the row stays cached: the protocol gave it).
@@ -84,6 +87,7 @@ RECIPES = (
     "whole48",
     "whole_lowrank",
     "whole_svd",
+    "whole_deep",
     "ttn_target",
     "ttn_target_linear",
 )

@@ -238,10 +238,17 @@ def test_a_recipe_layer_can_keep_its_fit_whatever_its_error():
             )
 
 
-def test_vgg16_32_whole_lowrank_keeps_every_split_start_at_20x():
-    recipe = load_recipe("vgg16_32_whole_lowrank")
+@pytest.mark.parametrize(
+    ("name", "dense_convs"),
+    [("vgg16_32_whole_lowrank", set()), ("vgg16_32_whole_deep", {"conv1_2", "conv2_1", "conv2_2"})],
+)
+def test_vgg16_32_whole_recipes_keep_every_split_start_at_20x(name, dense_convs):
+    recipe = load_recipe(name)
     split = {k for k, v in recipe["layers"].items() if v.get("layout") == "split"}
-    assert {"fc6", "fc7", "conv1_2", "conv5_3"} <= split
+    convs = {
+        f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)
+    }
+    assert split == {"fc6", "fc7"} | (convs - {"conv1_1"} - dense_convs)
     assert all(recipe["layers"][k]["discard_fit_above"] is None for k in split)
     dense = vgg16_32()
     model = compress(vgg16_32(), recipe=recipe, fit=False)
