@@ -6,8 +6,9 @@ dense trunk, so its fused p50 can never fall below ``trunk p50 / dense p50`` of 
 model. This script cuts the trunk out of the dense ONNX file that ``model_suite.py`` writes
 (everything up to the tensor the first ``Gemm``/``MatMul`` flattens) with
 ``onnx.utils.extract_model`` and times both files under ONNX Runtime, with the runtime's
-session options, calls interleaved (dense, trunk, dense, ...) in one child process per model
-so that both see the same load; medians. Canonical 224x224 AlexNet and VGG-16, 1 and 2
+session options (pool threads not spinning: two sessions share the process), calls
+interleaved (dense, trunk, dense, ...) in one child process per model so that both see the
+same load; medians. Canonical 224x224 AlexNet and VGG-16, 1 and 2
 threads, batch 1 and 8.
 
 Usage::
@@ -70,6 +71,10 @@ def measure(path: str, runs: int) -> list[dict[str, Any]]:
         onnx.utils.extract_model(path, trunk, [input_name], [cut])
         for threads in (1, 2):
             so = _session_options(threads, False, None)
+            # two sessions in one process, called in turn: with spinning on, the idle one's
+            # pool threads spin on the cores the other one runs on (2 threads: the dense model
+            # measured 34.5 ms here against 14.8 ms in a process of its own)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions = {
                 "dense": ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]),
                 "trunk": ort.InferenceSession(trunk, so, providers=["CPUExecutionProvider"]),
