@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import NETWORKS, random_cores
+from conftest import NETWORKS, WHOLE, random_cores, zoo_case
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -702,3 +704,123 @@ def test_split_conv_fused_loads_as_two_convolutions(tmp_path, einsum):
     assert _rel(s.run(x.numpy())[0], ref) < TOL
     ops = [n.op_type for n in onnx.load(str(opt), load_external_data=False).graph.node]
     assert ops.count("Conv") == 4 and not {"Einsum", "MatMul", "Gemm"} & set(ops), ops
+
+
+def test_convolutions_predicted_per_output_pixel_and_calibrated_at_a_smaller_batch(
+    tmp_path, monkeypatch
+):
+    """A convolution multiplies its weight by one row per output pixel: its modes are
+    predicted at ``batch * out_h * out_w`` rows (at ``batch`` rows canonical VGG-16's were
+    predicted 50,176x too fast, and calibration measured every conv's regenerate form, 10 s a
+    call: a 278 s load). A layer whose input and output at the session's batch exceed the
+    heavy floor is measured at fewer samples and its time scaled to the batch (VGG-16 at batch
+    8: measuring conv1_2 at 8 lifted the load's peak to 1.34x the fused session's)."""
+    import adntn_runtime.calibration as calibration
+    import adntn_runtime.session as session
+
+    case = zoo_case("small_cnn" + WHOLE)
+    batch, floor = 8, 150_000  # bytes: a few samples of small_cnn's first conv
+    x = np.random.default_rng(2).standard_normal((batch, *case.x.shape[1:])).astype(np.float32)
+    out_hw: dict[str, tuple[int, int]] = {}  # from torch, independently of the runtime
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: out_hw.__setitem__(n, tuple(o.shape[2:])))
+        for n, m in case.model.named_modules()
+        if type(m).__name__ == "ADNTNConv2d"
+    ]
+    with torch.no_grad():
+        ref = case.model(torch.from_numpy(x)).numpy()
+    for h in hooks:
+        h.remove()
+    assert out_hw
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = export_onnx(case.model, torch.from_numpy(x[:1]), tmp_path / "auto.onnx", mode="auto")
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(session._Planner, "heavy_floor", floor)
+    shapes: list[tuple[str, list[int]]] = []
+    real = session._measure_layer
+
+    def recorded(spec, mode, shape, *args, **kwargs):
+        shapes.append((spec.name, list(shape)))
+        got = real(spec, mode, shape, *args, **kwargs)
+        recorded.ms[(spec.name, mode, kwargs["einsum"])] = got["ms"]
+        return got
+
+    recorded.ms = {}
+    monkeypatch.setattr(session, "_measure_layer", recorded)
+    s = load(auto, threads=1, batch=batch)
+    assert _rel(s.run(x)[0], ref) < 1e-4
+    rates = calibration.device_rates(1)
+    specs = session._layer_specs(onnx.load(str(auto)))
+    smaller = 0
+    for name, hw in out_hw.items():
+        d = s.decisions[name]
+        rows = batch * hw[0] * hw[1]
+        plan = specs[name][0].plan
+        assert d.predicted_ms == pytest.approx(predict_latency_ms(plan, d.mode, rows, rates))
+        measured = [shape for n, shape in shapes if n == name]
+        assert measured and {m[0] for m in measured} == {d.calibration_batch}
+        per_sample = 4 * (math.prod(measured[0][1:]) + hw[0] * hw[1] * plan.out_features)
+        cb = d.calibration_batch
+        assert cb == 1 or cb * per_sample <= floor
+        assert cb == batch or (cb + 1) * per_sample > floor
+        smaller += cb < batch
+        ms = min(v for (n, m, _), v in recorded.ms.items() if n == name and m == d.mode)
+        assert d.measured_ms == pytest.approx(ms * batch / cb)
+    assert smaller  # the rule was exercised
+
+
+@pytest.mark.parametrize("rows", [8, 8 * 224 * 224])
+def test_regenerate_predicted_to_read_the_input_once_per_tile(rows):
+    """Every regenerate tile's GEMM reads the whole input again. Canonical VGG-16's conv1_2
+    compressed whole (split layout, 64 one-row tiles) at batch 8 streams 64 x 401,408 x 576
+    floats a call: measured 10.7 s, predicted 0.2 s without this term; at a linear layer's
+    batch of 8 the term is negligible."""
+    plan = ADNTNPlan(64, 576, network="ttn", bond_dim=32, num_sites=2, layout="split")
+    tiles = len(plan.schedule("regenerate").tiles)
+    assert tiles > 1
+    fast = dataclasses.replace(DEFAULT_RATES, bandwidth_gbps=1e12)
+    slow = dataclasses.replace(DEFAULT_RATES, bandwidth_gbps=10.0)
+    extra = predict_latency_ms(plan, "regenerate", rows, slow) - predict_latency_ms(
+        plan, "regenerate", rows, fast
+    )
+    assert extra == pytest.approx(4.0 * tiles * rows * plan.cols_padded / 10e6, rel=1e-6)
+    # fused reads the input once, in its first contraction: no bandwidth term
+    assert predict_latency_ms(plan, "fused", rows, fast) == predict_latency_ms(
+        plan, "fused", rows, slow
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    k=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    dil=st.integers(1, 3),
+    batch=st.integers(1, 4),
+    recorded=st.booleans(),
+)
+def test_gemm_rows_of_a_convolution_is_one_per_output_pixel(
+    h, w, k, stride, pad, dil, batch, recorded
+):
+    """``LayerSpec.gemm_rows``, the policy's batch of a convolution: ``batch * out_h * out_w``
+    as torch computes them, from the recorded output size or from the input shape."""
+    from adntn_runtime.layer_spec import ConvSpec, LayerSpec
+
+    assume(dil * (k - 1) + 1 <= min(h, w) + 2 * pad)
+    conv = nn.Conv2d(2, 3, k, stride=stride, padding=pad, dilation=dil)
+    with torch.no_grad():
+        out = conv(torch.zeros(batch, 2, h, w))
+    hw = tuple(out.shape[2:])
+    plan = ADNTNPlan(3, 2 * k * k, network="ttn", bond_dim=2)
+    geometry = ConvSpec(
+        2, (k, k), (stride, stride), (pad, pad), (dil, dil), hw if recorded else None
+    )
+    spec = LayerSpec("c", "conv2d", plan, random_cores(plan, 0, dtype=np.float32), conv=geometry)
+    assert spec.output_hw([batch, 2, h, w]) == hw
+    assert spec.gemm_rows(batch, [batch, 2, h, w]) == batch * hw[0] * hw[1]
+    assert spec.gemm_rows(batch) == (batch * hw[0] * hw[1] if recorded else batch)
+    linear = LayerSpec("fc", "linear", plan, spec.cores, input_rank=3)
+    assert linear.gemm_rows(batch, [batch, h, 2 * k * k]) == batch * h

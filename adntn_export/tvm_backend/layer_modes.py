@@ -3,7 +3,8 @@ of an exported file compiles in, and why.
 
 * An ``auto`` file (``ai.adntn`` placeholders carrying the plan) gets its modes from the same
   policy as the ONNX Runtime device runtime (:func:`adntn_runtime.policy.choose_modes` over
-  :func:`~adntn_runtime.policy.layer_candidates`, predicted with the default device rates),
+  :func:`~adntn_runtime.policy.layer_candidates`, predicted with the default device rates, a
+  convolution at one row per output pixel),
   within ``--memory-budget-mb`` / ``--latency-target-ms``; ``--mode`` forces one mode.
 * A fixed-mode file (``adntn export --mode fused|materialize|regenerate``) records each
   layer's placeholder (``adntn.placeholder.<name>``): :mod:`.compile` rebuilds it, and the
@@ -96,7 +97,10 @@ def placeholder_layer_modes(
                     "or dense, or leave --mode out to let the policy choose per layer"
                 )
         return {n: LayerMode(forced, f"forced by --mode {forced.value}") for n in specs}
-    candidates = {n: layer_candidates(s.plan, batch, DEFAULT_RATES) for n, s in specs.items()}
+    candidates = {
+        n: layer_candidates(s.plan, batch, DEFAULT_RATES, rows=s.gemm_rows(batch))
+        for n, s in specs.items()
+    }
     try:
         choices = choose_modes(
             candidates, memory_budget_mb=memory_budget_mb, latency_target_ms=latency_target_ms

@@ -7,6 +7,8 @@ placeholder node, and the lowering (:mod:`adntn_runtime.lowering`) turns it into
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +120,38 @@ class LayerSpec:
     def out_features(self) -> int:
         """Rows of the weight (output features or channels)."""
         return self.plan.out_features
+
+    def output_hw(self, input_shape: Sequence[int] | None = None) -> tuple[int, int] | None:
+        """A convolution's output ``(height, width)``: recorded at export, else computed from
+        the ``(N, C, H, W)`` input shape; ``None`` for a linear layer or when unknown."""
+        conv = self.conv
+        if conv is None:
+            return None
+        if conv.output_hw is not None or input_shape is None or len(input_shape) != 4:
+            return conv.output_hw
+        h, w = (
+            (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+            for size, pad, dil, k, stride in zip(
+                input_shape[2:],
+                conv.pads,
+                conv.dilations,
+                conv.kernel_shape,
+                conv.strides,
+                strict=True,
+            )
+        )
+        return h, w
+
+    def gemm_rows(self, batch: int, input_shape: Sequence[int] | None = None) -> int:
+        """The rows the ``(out, in)`` weight multiplies per call at ``batch``: one per output
+        pixel of a convolution (``batch * out_h * out_w``), one per token of a linear layer on
+        ``(batch, T, in)`` (``batch * T``); ``batch`` where the shape is unknown."""
+        if self.kind == "conv2d":
+            hw = self.output_hw(input_shape)
+            return batch * math.prod(hw) if hw is not None else batch
+        if input_shape is not None and len(input_shape) > 2:
+            return batch * math.prod(input_shape[1:-1])
+        return batch
 
     def dense_weight(self) -> np.ndarray:
         """The generated ``(out, in)`` weight (numpy reference)."""

@@ -21,7 +21,10 @@ Latency model (milliseconds per call; :class:`DeviceRates` are measured on the d
 * ``fused``: contraction flops / einsum rate + elements written * ns per element + one
   node overhead per step;
 * ``regenerate``: the generator's steps in every tile (flops, elements written, node
-  overheads) + the tile GEMMs.
+  overheads) + the tile GEMMs + the input read once per tile (at the bandwidth).
+
+A convolution's latency is predicted with one GEMM row per output pixel
+(:func:`layer_candidates`' ``rows``).
 
 Rule (:func:`choose_modes`): minimise the total latency of the ADNTN layers subject to the
 memory budget (their total bytes); with a latency target met by several assignments, take
@@ -273,10 +276,14 @@ def predict_latency_ms(
     rows = plan.rows_padded
     gemm_flops = 2.0 * batch * rows * plan.cols_padded
     gen_flops = cost.flops - gemm_flops
+    # every tile's GEMM reads the whole input again: negligible for a linear layer at a small
+    # batch, the bulk for a convolution (one input row per output pixel)
+    streamed = 4.0 * tiles * batch * plan.cols_padded / (rates.bandwidth_gbps * 1e6)
     return (
         max(gen_flops, 0.0) / (rates.einsum_gflops * 1e6)
         + gemm_flops / (rates.gemm_gflops * 1e6)
         + written * rates.einsum_ns_per_element * 1e-6
+        + streamed
         + tiles * (len(sch.steps) + 3) * over
     )
 
@@ -289,10 +296,15 @@ def layer_candidates(
     tile_rows: int | None = None,
     measured_ms: Mapping[str, float] | None = None,
     modes: Sequence[Mode | str] = tuple(Mode),
+    rows: int | None = None,
 ) -> list[Candidate]:
     """Every mode ``plan`` can run in, with predicted latency, memory and measured latency.
 
-    ``fused`` is left out (with no error) when the plan's top step is nonlinear.
+    ``fused`` is left out (with no error) when the plan's top step is nonlinear. ``rows``:
+    the rows the weight multiplies per call where that is not ``batch``, i.e. a convolution's
+    ``batch * out_h * out_w`` (one row per output pixel) or a linear layer's ``batch * T`` on
+    ``(batch, T, in)``: the latency is predicted at ``rows``; the memory is counted at
+    ``batch`` (a convolution's activations are not counted as the layer's).
     """
     measured = dict(measured_ms or {})
     out = []
@@ -302,7 +314,7 @@ def layer_candidates(
         out.append(
             Candidate(
                 mode,
-                predict_latency_ms(plan, mode, batch, rates, tile_rows=tile_rows),
+                predict_latency_ms(plan, mode, rows or batch, rates, tile_rows=tile_rows),
                 layer_memory_bytes(plan, mode, batch, tile_rows=tile_rows),
                 measured.get(mode),
             )
