@@ -41,6 +41,7 @@ process's RSS) until the session exists; point ``TMPDIR`` at a disk there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -120,9 +121,10 @@ class LayerDecision:
     Latencies in milliseconds for one call of the layer alone at the session's batch size;
     memory in bytes (predicted: the policy's accounting; measured: resident-set growth while
     the layer alone was built and run during calibration, approximate). A layer whose input
-    and output are large is measured at a smaller ``calibration_batch`` (see
-    ``_Planner._calibration_batch``): ``measured_ms`` is scaled from it to the session's
-    batch, ``measured_memory_bytes`` is at it.
+    and output are large is measured on a smaller input, ``calibration_shape`` (fewer
+    samples; for a convolution, a band of image rows; see ``_Planner._calibration_input``):
+    ``measured_ms`` is scaled from it to the session's input, ``measured_memory_bytes`` is
+    at it.
     """
 
     layer: str
@@ -133,7 +135,7 @@ class LayerDecision:
     measured_ms: float | None = None
     predicted_memory_bytes: int | None = None
     measured_memory_bytes: int | None = None
-    calibration_batch: int | None = None
+    calibration_shape: list[int] | None = None
     einsum: bool | None = None
     tile_rows: int | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
@@ -771,7 +773,7 @@ class _Planner:
         self.choices: dict[str, LayerChoice] = {}
         self.measured_rss: dict[tuple[str, str], int] = {}
         self.einsum_pick: dict[str, bool] = {}
-        self.calibration_batch: dict[str, int] = {}
+        self.calibration_shape: dict[str, list[int]] = {}
 
     @functools.cached_property
     def heavy_floor(self) -> float:
@@ -845,28 +847,35 @@ class _Planner:
                 out.append(self.measure(name, c))
         return out
 
-    def _calibration_batch(self, name: str) -> int:
-        """The batch ``name`` is measured at: the session's, or fewer samples where the
-        layer's input and output at the session's batch would exceed the heavy floor. A lone
-        layer holds both, and ORT's layout reorders around it copy both again (canonical
-        VGG-16 compressed whole, batch 8: measuring conv1_2, 103 MB in and out, lifted the
-        load's peak to 1.34x the fused session's); its time scales with the batch."""
-        shape = self.shapes[name]
+    def _calibration_input(self, name: str) -> tuple[LayerSpec, list[int], float]:
+        """What ``name`` is measured on: (its spec, the input shape, the session's GEMM rows
+        per measured row). The session's shape, or fewer samples where the layer's input and
+        output at the session's batch would exceed the heavy floor; a convolution whose one
+        sample still exceeds it is measured on a band of image rows (its time is per output
+        pixel). A lone layer holds its input and output, and ORT's layout reorders around it
+        copy both again (canonical VGG-16 compressed whole, batch 8: measuring conv1_2 on 103
+        MB in and out lifted the load's peak to 1.34x the fused session's)."""
+        spec, shape = self.specs[name][0], self.shapes[name]
         assert shape is not None
-        out_per_sample = self.rows[name] // self.batch * self.specs[name][0].plan.out_features
+        floor = self.heavy_floor
+        out_per_sample = self.rows[name] // self.batch * spec.plan.out_features
         per_sample = 4 * (math.prod(shape[1:]) + out_per_sample)
-        return max(1, min(self.batch, int(self.heavy_floor // max(per_sample, 1))))
+        at = max(1, min(self.batch, int(floor // max(per_sample, 1))))
+        measured = [at, *shape[1:]]
+        conv = spec.conv
+        if per_sample > floor and conv is not None and len(shape) == 4:
+            spec = dataclasses.replace(spec, conv=dataclasses.replace(conv, output_hw=None))
+            (kh, _), (ph, _), (dh, _) = conv.kernel_shape, conv.pads, conv.dilations
+            least = max(1, dh * (kh - 1) + 1 - 2 * ph)  # one output row
+            measured[2] = max(least, min(shape[2], int(shape[2] * floor / per_sample)))
+        return spec, measured, self.rows[name] / spec.gemm_rows(at, measured)
 
     def measure(self, name: str, c: Candidate) -> Candidate:
         """``c`` with its measured latency at the session's batch (cached per device and
-        model; measured at :meth:`_calibration_batch` and scaled linearly from there)."""
+        model; measured on :meth:`_calibration_input` and scaled linearly from there)."""
         assert self.cache is not None
-        spec = self.specs[name][0]
-        shape = self.shapes[name]
-        assert shape is not None
-        at = self._calibration_batch(name)
-        self.calibration_batch[name] = at
-        shape = [at, *shape[1:]]
+        spec, shape, scale = self._calibration_input(name)
+        self.calibration_shape[name] = shape
         forms = (
             [True, False]
             if (self.einsum is None and c.mode == "fused")
@@ -874,7 +883,10 @@ class _Planner:
         )
         best = None
         for form in forms:
-            key = f"{name}|{c.mode}|einsum={int(form)}|b{at}|t{self.threads}|tile={self.tile_rows}"
+            key = (
+                f"{name}|{c.mode}|einsum={int(form)}|in{'x'.join(map(str, shape))}"
+                f"|t{self.threads}|tile={self.tile_rows}"
+            )
             got = self.cache.layer(key)
             if got is None:
                 got = _measure_layer(
@@ -887,7 +899,7 @@ class _Planner:
         if c.mode == "fused":
             self.einsum_pick[name] = best[0]
         self.measured_rss[(name, c.mode)] = int(best[1]["rss_bytes"])
-        return Candidate(c.mode, c.predicted_ms, c.memory_bytes, best[1]["ms"] * self.batch / at)
+        return Candidate(c.mode, c.predicted_ms, c.memory_bytes, best[1]["ms"] * scale)
 
     # -------------------------------------------------------------- choice
     def _choose_once(self) -> None:
@@ -969,7 +981,7 @@ class _Planner:
             measured_ms=ch.candidate.measured_ms,
             predicted_memory_bytes=ch.candidate.memory_bytes,
             measured_memory_bytes=self.measured_rss.get((name, ch.mode)),
-            calibration_batch=self.calibration_batch.get(name),
+            calibration_shape=self.calibration_shape.get(name),
             einsum=self.einsum_form(name, ch.mode) if ch.mode != "materialize" else None,
             tile_rows=self.tile_rows if ch.mode == "regenerate" else None,
             alternatives=[
