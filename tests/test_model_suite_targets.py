@@ -64,6 +64,32 @@ def test_latency_ratio_of_rows_from_different_runs_says_so(fused_run, auto_run, 
     assert line[-1].endswith(f"; {note})" if note else "(quiet))")
 
 
+@pytest.mark.parametrize("p50", [5.0, 50.0])
+def test_latency_ratio_with_a_loaded_row_is_undecided(p50):
+    """A tuned TVM row taken on a quiet machine beside an ORT row taken while others used
+    70% of the CPU neither meets nor misses its latency target (it read MET at 0.36x, where
+    quiet rows of the same models gave 2.4x); memory targets are decided whatever the load."""
+    tvm = _row("tvm_tuned", p50, "2026-12-06T02:15:00Z", "a", runtime="tvm_tuned")
+    tvm["key"] = "alexnet|alexnet_ttn|tvm_tuned|tvm_tuned|b1"
+    ort = _row("auto", 8.4, "2026-12-06T02:15:00Z", "a", runtime="ort2")
+    ort["key"] = "alexnet|alexnet_ttn|ort2|auto|b1"
+    ort["machine_load"] = {"other_cpu_share": 0.7, "loaded": True}
+    dense = _row("dense", 20.0, "2026-12-06T02:15:00Z", "a", runtime="ort2", variant="dense")
+    dense["key"] = "alexnet|dense|ort2|dense|b1"
+    dense["peak_rss_bytes"] = 1000 * model_suite.MB
+    fused = _row("fused", 4.0, "2026-12-06T02:15:00Z", "a", runtime="ort2")
+    fused["key"] = "alexnet|alexnet_ttn|ort2|fused|b1"
+    fused["machine_load"] = {"other_cpu_share": 0.7, "loaded": True}
+    got = model_suite.evaluate({r["key"]: r for r in (tvm, ort, dense, fused)})
+    verdicts = {t["target"]: t["met"] for t in got}
+    assert verdicts["TVM tuned p50 <= 0.9x ONNX Runtime (2 threads)"] is None
+    assert verdicts["fused p50 <= 0.5x dense"] is None
+    assert verdicts["fused peak RSS <= 0.35x dense"] is True  # memory: load-independent
+    text = model_suite.table({"rows": {}, "targets": got})
+    assert "- UNDECIDED (loaded machine) TVM tuned p50" in text
+    assert "- MET  fused peak RSS" in text
+
+
 def test_interleaved_rounds_take_median_latency_and_worst_memory():
     a = _row("fused", 9.0, "2026-12-06T02:15:00Z", "r")
     b = _row("fused", 7.0, "2026-12-06T02:16:00Z", "r", machine_load={"other_cpu_share": 0.3})

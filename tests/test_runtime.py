@@ -485,6 +485,63 @@ def test_memory_pattern_is_off_unless_asked(exported):
     assert default.ort_session.get_session_options().enable_mem_pattern is False
 
 
+class _CountingSession:
+    """Stands in for the ORT session: records each call's batch, then runs the real one."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.batches = inner, []
+
+    def run(self, names, feeds):
+        self.batches.append({v.shape[0] for v in feeds.values()})
+        return self.inner.run(names, feeds)
+
+
+@pytest.mark.parametrize("case", ["auto", "fixed", "small_cnn" + WHOLE, "mlp"])
+def test_max_batch_runs_a_batch_in_slices(exported, tmp_path, case):
+    """``max_batch``: a larger batch runs as consecutive ORT calls of at most that many
+    samples (the intermediates are one slice's), outputs joined in order, equal to torch; the
+    policy optimises for the slice's batch. On an auto file, a fixed-mode file and whole zoo
+    models (convolutions compressed too) exported with a dynamic batch."""
+    if case in ("auto", "fixed"):
+        _, x, ref, auto, fixed = exported
+        path, kwargs = (auto, {}) if case == "auto" else (fixed, {})
+    else:
+        zoo = zoo_case(case)
+        xt = torch.from_numpy(np.random.default_rng(2).standard_normal(
+            (5, *zoo.x.shape[1:])).astype(np.float32))  # fmt: skip
+        with torch.no_grad():
+            ref = zoo.model(xt).numpy()
+        x = xt.numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = export_onnx(zoo.model, xt[:1], tmp_path / "zoo.onnx", mode="auto")
+        kwargs = {"modes": "fused"}
+    assert x.shape[0] == 5
+    s = load(path, threads=1, calibrate=False, batch=8, max_batch=2, **kwargs)
+    assert s.max_batch == 2 and s.options["max_batch"] == 2
+    assert s.options["batch"] == 2  # what each ORT call sees
+    counting = _CountingSession(s.ort_session)
+    s.ort_session = counting
+    y = s.run(x)[0]
+    assert counting.batches == [{2}, {2}, {1}]
+    assert y.shape == ref.shape and _rel(y, ref) < 1e-4
+    assert np.array_equal(np.argmax(y, axis=-1), np.argmax(ref, axis=-1))
+    counting.batches.clear()
+    assert _rel(s.run(x[:2])[0], ref[:2]) < 1e-4  # a batch within the bound: one call
+    assert counting.batches == [{2}]
+
+
+def test_max_batch_needs_a_dynamic_batch_and_a_positive_int(exported, zoo_export):
+    _, _, _, auto, _ = exported
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match=r"max_batch must be an int >= 1 .* got"):
+            load(auto, max_batch=bad)
+    static = zoo_export("mlp", "fused")  # exported with a static batch of 1
+    with pytest.raises(ValueError, match=r"max_batch=1: .* has a fixed first dimension .*input"):
+        load(static, max_batch=1)
+    assert load(static).max_batch is None
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _plain(path: Path) -> Path:
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -595,6 +652,27 @@ def test_bench_cli(exported, tmp_path):
     assert rc == 0
     validate_result(json.loads(out.read_text()))
     assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
+
+
+def test_bench_cli_max_batch(exported, tmp_path, capsys):
+    """``adntn bench --max-batch N``: every configuration runs the batch in slices of N."""
+    from adntn_export.cli import main
+
+    _, _, _, auto, _ = exported
+    out = tmp_path / "b.json"
+    args = ["bench", str(auto), "--batch", "4", "--threads", "1", "--modes", "fused"]
+    rc = main([*args, "--runs", "3", "--warmup", "1", "--max-batch", "2", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    validate_result(data)
+    assert data["max_batch"] == 2
+    assert {(r["config"], r["batch"], r["ok"]) for r in data["results"]} == {
+        ("fused", 4, True),
+        ("dense", 4, True),
+    }
+    capsys.readouterr()
+    assert main([*args, "--max-batch", "0"]) == 2
+    assert "max_batch (--max-batch) must be an int >= 1, got 0" in capsys.readouterr().err
 
 
 def _auto_layer(network: str):

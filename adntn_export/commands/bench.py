@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_int_list, default=[1], help="e.g. 1,8,32 (default 1)")
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: ORT's)")
     p.add_argument(
+        "--max-batch",
+        type=int,
+        metavar="N",
+        help="onnxruntime: run a larger batch in slices of at most N samples (every "
+        "configuration, dense included): bounds the intermediate tensors' memory",
+    )
+    p.add_argument(
         "--modes",
         type=_modes,
         default=list(_MODES),
@@ -172,6 +179,7 @@ def _handler(args: argparse.Namespace) -> int:
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
         dense_model=args.dense_model,
+        max_batch=args.max_batch,
         progress=lambda line: print(f"  {line}", flush=True),
     )
     _table(data)

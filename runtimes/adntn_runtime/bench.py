@@ -158,7 +158,7 @@ def _ort_call(spec: dict[str, Any], out: dict[str, Any]) -> Callable[[], Any]:
     kwargs: dict[str, Any] = {"batch": batch, "threads": spec.get("threads")}
     if spec["config"] in ("fused", "materialize", "regenerate"):
         kwargs.update(modes=spec.get("modes") or spec["config"], calibrate=False)
-    for key in ("einsum", "tile_rows"):
+    for key in ("einsum", "tile_rows", "max_batch"):
         if spec.get(key) is not None:
             kwargs[key] = spec[key]
     t0 = time.perf_counter()
@@ -172,7 +172,10 @@ def _ort_call(spec: dict[str, Any], out: dict[str, Any]) -> Callable[[], Any]:
     ort_sess = sess.ort_session
 
     def call() -> Any:
-        ort_sess.run(None, feeds)
+        if sess.max_batch is not None:
+            sess.run(feeds)  # the batch in slices of max_batch samples
+        else:
+            ort_sess.run(None, feeds)
 
     return call
 
@@ -481,6 +484,7 @@ def bench_model(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     dense_model: str | os.PathLike[str] | None = None,
+    max_batch: int | None = None,
     timeout: float = 900.0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -500,6 +504,8 @@ def bench_model(
             must have been compiled for that device's target. Memory is then the host's.
         dense_model: with ``runtime="tvm"``, an OUTDIR of the dense model compiled for the
             same target: run beside ``path`` as configuration ``dense`` (ratios against it).
+        max_batch: ORT only: every configuration, dense included, runs a larger batch in
+            slices of at most this many samples (:func:`adntn_runtime.load`'s ``max_batch``).
         timeout: seconds per child.
         progress: called with a line of text per finished child.
     """
@@ -510,6 +516,15 @@ def bench_model(
         raise FileNotFoundError(f"{str(path)!r} does not exist")
     if dense_model is not None and runtime != "tvm":
         raise ValueError("dense_model (--dense-model) needs runtime 'tvm' (ONNX: dense=True)")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise ValueError(f"max_batch (--max-batch) must be an int >= 1, got {max_batch!r}")
+    if max_batch is not None and runtime != "onnxruntime":
+        raise ValueError(
+            f"max_batch (--max-batch) needs runtime 'onnxruntime', got {runtime!r} (a TVM "
+            "OUTDIR runs the batch it was compiled for)"
+        )
     common = {
         "runtime": runtime,
         "threads": threads,
@@ -517,6 +532,7 @@ def bench_model(
         "runs": runs,
         "max_seconds": max_seconds,
         "einsum": einsum,
+        "max_batch": max_batch,
     }
     with tempfile.TemporaryDirectory(prefix="adntn-bench-") as tmp:
         if runtime == "tvm":
@@ -540,6 +556,7 @@ def bench_model(
         "warmup": warmup,
         "runs": runs,
         "repeats": repeats,
+        "max_batch": max_batch,
         "results": results,
         "ratios": _ratios(results),
     }

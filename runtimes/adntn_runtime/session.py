@@ -403,6 +403,8 @@ class Session:
         calibration_seconds: the part spent measuring (0 when cached or off).
         rates: the device rates the predictions used.
         ort_session: the ``onnxruntime.InferenceSession``.
+        max_batch: :meth:`run` feeds a larger batch to ORT in slices of at most this many
+            samples (None: in one call).
         model: the lowered ``ModelProto`` of an auto file (materialized weights are external,
             not in it); None for fixed and plain files (loaded by ORT from the path).
     """
@@ -419,6 +421,7 @@ class Session:
         rates: DeviceRates | None,
         load_seconds: float,
         calibration_seconds: float,
+        max_batch: int | None = None,
     ) -> None:
         self.ort_session = ort_session
         self.path = path
@@ -436,6 +439,9 @@ class Session:
             for i in ort_session.get_inputs()
         }
         self._input_types = {i.name: i.type for i in ort_session.get_inputs()}
+        if max_batch is not None:
+            _check_sliceable(ort_session, path, max_batch)
+        self.max_batch = max_batch
 
     def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
         names = self.input_names
@@ -483,9 +489,28 @@ class Session:
         return out
 
     def run(self, inputs: Any, output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Run the model; ``inputs``: one array, a dict name -> array, or a list in input order."""
+        """Run the model; ``inputs``: one array, a dict name -> array, or a list in input order.
+
+        With ``max_batch``, a larger batch runs as consecutive slices of at most that many
+        samples (the intermediate tensors are one slice's), outputs joined along axis 0."""
         feeds = self._feeds(inputs)
-        return self.ort_session.run(list(output_names) if output_names else None, feeds)
+        names = list(output_names) if output_names else None
+        m = self.max_batch
+        sizes = {v.shape[0] for v in feeds.values()}
+        if m is None or max(sizes) <= m:
+            return self.ort_session.run(names, feeds)
+        if len(sizes) != 1:
+            shown = {k: v.shape[0] for k, v in feeds.items()}
+            raise ValueError(
+                f"max_batch={m} slices every input along axis 0, which needs one batch size; "
+                f"got {shown}"
+            )
+        n = sizes.pop()
+        parts = [
+            self.ort_session.run(names, {k: v[i : i + m] for k, v in feeds.items()})
+            for i in range(0, n, m)
+        ]
+        return [np.concatenate(outs, axis=0) for outs in zip(*parts, strict=True)]
 
     def describe(self) -> str:
         """A human-readable summary: file kind, options, one line per ADNTN layer."""
@@ -520,12 +545,29 @@ class Session:
         return f"Session({str(self.path)!r}, kind={self.kind!r}, modes={modes})"
 
 
+def _check_sliceable(ort_session: Any, path: Path, max_batch: int) -> None:
+    """Slicing a batch needs every input and output to have a free first (batch) dimension."""
+    fixed = [
+        f"{kind} {t.name!r} {list(t.shape)}"
+        for kind, ts in (("input", ort_session.get_inputs()), ("output", ort_session.get_outputs()))
+        for t in ts
+        if not t.shape or isinstance(t.shape[0], int)
+    ]
+    if fixed:
+        raise ValueError(
+            f"max_batch={max_batch}: {path} has a fixed first dimension ({'; '.join(fixed)}), "
+            "so a batch cannot run in slices; export it with a dynamic batch (the default; "
+            "not --static-batch) or leave max_batch=None"
+        )
+
+
 def _check_args(
     memory_budget_mb: object,
     latency_target_ms: object,
     batch: object,
     threads: object,
     einsum: object,
+    max_batch: object = None,
 ) -> None:
     if memory_budget_mb is not None and (
         isinstance(memory_budget_mb, bool)
@@ -554,6 +596,13 @@ def _check_args(
         raise ValueError(f"threads must be an int >= 1 or None (ORT default), got {threads!r}")
     if einsum is not None and not isinstance(einsum, bool):
         raise ValueError(f"einsum must be True, False or None (pick per layer), got {einsum!r}")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise ValueError(
+            f"max_batch must be an int >= 1 (samples per call) or None (one call), "
+            f"got {max_batch!r}"
+        )
 
 
 def _read_model(path: Path, allow_nonfinite: bool = False) -> onnx.ModelProto:
@@ -1023,6 +1072,7 @@ def load(
     optimized_model_path: str | os.PathLike[str] | None = None,
     allow_nonfinite: bool = False,
     memory_pattern: bool = False,
+    max_batch: int | None = None,
 ) -> Session:
     """Load an ONNX file and pick each ADNTN layer's mode; returns a :class:`Session`.
 
@@ -1047,6 +1097,11 @@ def load(
         memory_pattern: let ONNX Runtime plan one memory block for the intermediate tensors
             of the first call's shapes (its ``enable_mem_pattern``). Off by default: on
             VGG-16 at batch 8 it cost 1.4x the peak RSS and was no faster.
+        max_batch: run a larger batch in slices of at most this many samples, so that the
+            intermediate tensors (which dominate a compressed model's memory at a large
+            batch) are one slice's; calls take about as long as the slices together. The
+            policy then optimises for ``min(batch, max_batch)``. Needs a dynamic batch
+            dimension. None: every batch in one call.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -1054,9 +1109,10 @@ def load(
             (:class:`~adntn_runtime.policy.BudgetError` names the smallest that fits).
     """
     t_start = time.perf_counter()
-    _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum)
+    _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum, max_batch)
     options = dict(
-        batch=batch,
+        batch=batch if max_batch is None else min(batch, max_batch),
+        max_batch=max_batch,
         threads=threads,
         memory_budget_mb=memory_budget_mb,
         latency_target_ms=latency_target_ms,
@@ -1130,6 +1186,7 @@ def _load_auto(
         rates=rates,
         load_seconds=time.perf_counter() - t_start,
         calibration_seconds=calibration_seconds,
+        max_batch=options["max_batch"],
     )
 
 
@@ -1172,4 +1229,5 @@ def _load_fixed(
         rates=None,
         load_seconds=time.perf_counter() - t_start,
         calibration_seconds=0.0,
+        max_batch=options["max_batch"],
     )
