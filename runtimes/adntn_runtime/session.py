@@ -439,8 +439,6 @@ class Session:
             for i in ort_session.get_inputs()
         }
         self._input_types = {i.name: i.type for i in ort_session.get_inputs()}
-        if max_batch is not None:
-            _check_sliceable(ort_session, path, max_batch)
         self.max_batch = max_batch
 
     def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
@@ -545,14 +543,19 @@ class Session:
         return f"Session({str(self.path)!r}, kind={self.kind!r}, modes={modes})"
 
 
-def _check_sliceable(ort_session: Any, path: Path, max_batch: int) -> None:
-    """Slicing a batch needs every input and output to have a free first (batch) dimension."""
-    fixed = [
-        f"{kind} {t.name!r} {list(t.shape)}"
-        for kind, ts in (("input", ort_session.get_inputs()), ("output", ort_session.get_outputs()))
-        for t in ts
-        if not t.shape or isinstance(t.shape[0], int)
-    ]
+def _check_sliceable(model: onnx.ModelProto, path: Path, max_batch: int) -> None:
+    """Slicing a batch needs every input and output to have a free first (batch) dimension
+    (checked on the graph, before any calibration)."""
+    weights = {t.name for t in model.graph.initializer}
+    fixed = []
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for v in values:
+            if v.name in weights or not v.type.tensor_type.HasField("shape"):
+                continue
+            dims = v.type.tensor_type.shape.dim
+            if not dims or dims[0].HasField("dim_value"):
+                shown = [d.dim_value if d.HasField("dim_value") else "N" for d in dims]
+                fixed.append(f"{kind} {v.name!r} {shown}")
     if fixed:
         raise ValueError(
             f"max_batch={max_batch}: {path} has a fixed first dimension ({'; '.join(fixed)}), "
@@ -1123,6 +1126,8 @@ def load(
     )
     path = Path(path)
     model = _read_model(path, allow_nonfinite)
+    if max_batch is not None:
+        _check_sliceable(model, path, max_batch)
     layers = placeholder_layers(model)
     if not layers:
         meta = {p.key: p.value for p in model.metadata_props}
