@@ -25,7 +25,7 @@ MODES = ["materialize", "regenerate", "fused"]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return float(((a - b).norm() / b.norm().clamp_min(1e-30)).detach())
 
 
 def outputs_in_all_modes(layer: ADNTNLayer, x: torch.Tensor) -> dict[str, torch.Tensor]:
