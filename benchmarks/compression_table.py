@@ -29,6 +29,9 @@ Protocol (the same for every row of one model; one row = one (model, recipe, see
    on AlexNet-32 and >= 20,000x on VGG-16-32, fc7 >= 150,000x, fc8 >= 100x; the convolutions
    dense), with the plans ``frontier.py`` finds; ``ttn_target_linear``: the same, identity
    activations.
+4. A recipe suffixed ``_ftN`` (``whole_deep_ft3``, ``dense_ft3``): the same row fine-tuned
+   ``N`` epochs instead of ``--ft-epochs`` (same cosine schedule over the longer run), so a
+   recipe that needs more fine-tuning is compared with the dense model given the same.
 
 Every finished row is written at once to ``results/compression.json`` (committed) with its
 command, wall time and machine, and skipped by a later run with the same protocol, so the
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import sys
 import time
@@ -92,15 +96,37 @@ RECIPES = (
     "ttn_target_linear",
 )
 LINEAR = "_linear"  # a recipe name's suffix: the same recipe with identity activations
+#: a recipe name's last suffix ``_ftN``: the same row fine-tuned N epochs (1 <= N <= MAX_FT)
+LONGER_FT = re.compile(r"^(?P<base>.+)_ft(?P<epochs>[0-9]+)$")
+MAX_FT = 20
 
 
-def finetune(model: nn.Module, teacher: nn.Module, data, args, seed: int) -> float:
-    """End-to-end fine-tuning through the library's loop, identical for every row."""
+def split_recipe(recipe: str) -> tuple[str, int | None]:
+    """``(base recipe, fine-tuning epochs)`` of a row's recipe name; ``None``: the protocol's."""
+    m = LONGER_FT.match(recipe)
+    if m is None:
+        return recipe, None
+    return m["base"], int(m["epochs"])
+
+
+def valid_recipe(recipe: str) -> bool:
+    """A recipe of :data:`RECIPES`, optionally with a ``_ftN`` suffix, 1 <= N <= MAX_FT."""
+    base, epochs = split_recipe(recipe)
+    return base in RECIPES and (epochs is None or 1 <= epochs <= MAX_FT)
+
+
+def finetune(
+    model: nn.Module, teacher: nn.Module, data, args, seed: int, epochs: int | None = None
+) -> float:
+    """End-to-end fine-tuning through the library's loop, identical for every row.
+
+    ``epochs``: a ``_ftN`` row's epochs (``None``: ``--ft-epochs``).
+    """
     for m in model.modules():  # no dropout while fine-tuning (same for every row)
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     cfg = TrainConfig(
-        epochs=args.ft_epochs,
+        epochs=args.ft_epochs if epochs is None else epochs,
         batch_size=args.ft_batch_size,
         lr=args.ft_lr,
         core_lr=args.core_lr,
@@ -145,7 +171,8 @@ def layer_rows(model: nn.Module, cmodel: nn.Module) -> tuple[list[dict], object]
 
 def has_recipe(name: str, recipe: str) -> bool:
     """Whether the row ``(name, recipe)`` exists: ``dense`` always, else a shipped recipe."""
-    return recipe == "dense" or f"{name}_{recipe.removesuffix(LINEAR)}" in list_recipes()
+    base = split_recipe(recipe)[0]
+    return base == "dense" or f"{name}_{base.removesuffix(LINEAR)}" in list_recipes()
 
 
 def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> dict:
@@ -169,9 +196,11 @@ def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> d
         "dense_params_total": sum(p.numel() for p in model.parameters()),
     }
     student = copy.deepcopy(model)
-    if recipe != "dense":
-        linear = recipe.endswith(LINEAR)
-        spec = load_recipe(f"{name}_{recipe.removesuffix(LINEAR)}")
+    base, ft_epochs = split_recipe(recipe)
+    row["ft_epochs"] = args.ft_epochs if ft_epochs is None else ft_epochs
+    if base != "dense":
+        linear = base.endswith(LINEAR)
+        spec = load_recipe(f"{name}_{base.removesuffix(LINEAR)}")
         if linear:
             spec = {**spec, "defaults": {**spec["defaults"], "activation": "identity"}}
         torch.manual_seed(seed)
@@ -192,7 +221,7 @@ def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> d
             compressed_weight_ratio=rep.weight_ratio,
             model_ratio=rep.model_ratio,
         )
-    row["ft_seconds"] = finetune(student, model, train_data, args, seed)
+    row["ft_seconds"] = finetune(student, model, train_data, args, seed, ft_epochs)
     row["acc"] = accuracy(student, test_data)
     row["seconds"] = time.perf_counter() - t0
     log(f"{name}/{recipe}/s{seed}: test accuracy {row['acc']:.4f} ({row['seconds'] / 60:.1f} min)")
@@ -224,7 +253,8 @@ def markdown(data: dict) -> str:
             "| fit errors |",
             "|---|---|---|---:|---:|---|---|---:|---:|---|",
         ]
-        for recipe in RECIPES:
+        present = {r["recipe"] for r in mine}
+        for recipe in sorted(present, key=lambda x: (RECIPES.index(split_recipe(x)[0]), x)):
             rr = sorted((r for r in mine if r["recipe"] == recipe), key=lambda r: r["seed"])
             if not rr:
                 continue
@@ -232,8 +262,8 @@ def markdown(data: dict) -> str:
             diff = f"{statistics.mean(accs) - statistics.mean(dense):+.4f}" if dense else "no dense"
             seeds = ",".join(str(r["seed"]) for r in rr)
             paired = f"{statistics.mean(r['acc'] - r['dense_acc_after_training'] for r in rr):+.4f}"
-            if recipe == "dense":
-                lines.append(f"| dense | {seeds} | {mean_std(accs)} | | {paired} | | | | 1x | |")
+            if split_recipe(recipe)[0] == "dense":
+                lines.append(f"| {recipe} | {seeds} | {mean_std(accs)} | | {paired} | | | | 1x | |")
                 continue
             first = rr[0]
             ratios = ", ".join(f"{x['layer']} {x['ratio']:,.0f}x" for x in first["layers"])
@@ -265,8 +295,12 @@ def markdown(data: dict) -> str:
 def _csv(text: str, valid: tuple[str, ...], flag: str, p: argparse.ArgumentParser) -> list[str]:
     out = [x for x in text.split(",") if x]
     for x in out:
-        if x not in valid:
-            p.error(f"unknown {flag} value {x!r}; valid: {', '.join(valid)}")
+        ok = valid_recipe(x) if flag == "--recipes" else x in valid
+        if not ok:
+            extra = ""
+            if flag == "--recipes":
+                extra = f" (each optionally suffixed _ftN, 1 <= N <= {MAX_FT})"
+            p.error(f"unknown {flag} value {x!r}; valid: {', '.join(valid)}{extra}")
     return out
 
 
@@ -318,8 +352,8 @@ def protocol_text(args: argparse.Namespace) -> str:
         f"layers fitted first (init='svd', {args.fit_steps} Adam steps, activation-aware on "
         f"{args.calibration} calibration images; a fit with weight error >= 0.9 and error on "
         "those inputs >= 0.5 is discarded for the Kaiming-scale initialisation); biases "
-        "generated; *_linear rows: the same recipe with identity activations; test accuracy "
-        "in float32 on 10,000 images"
+        "generated; *_linear rows: the same recipe with identity activations; *_ftN rows: "
+        "the same row fine-tuned N epochs; test accuracy in float32 on 10,000 images"
     )
 
 
