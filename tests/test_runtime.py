@@ -558,6 +558,49 @@ def _plain(path: Path) -> Path:
     return path
 
 
+_HEAP_PROBE = """
+import sys
+import numpy as np
+import adntn_runtime
+adntn_runtime.load(sys.argv[1], steady_heap=sys.argv[2] == "1")
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+a = np.ones(4 << 20, np.float32)  # 16 MB, a mapping of its own; glibc's dynamic threshold
+del a  # then rises to 16 MB: the next buffers of up to that size come from the heap
+base = rss()
+b = np.ones(2 << 20, np.float32)  # 8 MB
+del b
+print(rss() - base)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's mmap threshold: Linux with glibc only",
+)
+def test_load_pins_the_mmap_threshold_so_freed_buffers_leave(tmp_path):
+    """By default a load pins glibc's mmap threshold: an 8 MB buffer freed after a 16 MB one
+    goes back to the OS; with ``steady_heap=False`` glibc keeps it resident (the C heap's
+    own behaviour, which made a canonical VGG-16 load peak anywhere in 176-223 MB)."""
+    plain = _plain(tmp_path / "plain.onnx")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtimes")}
+    kept = {}
+    for steady in ("1", "0"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _HEAP_PROBE, str(plain), steady],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        kept[steady] = int(proc.stdout.split()[-1])
+    assert kept["1"] < 2**20, kept
+    assert kept["0"] >= 4 * 2**20, kept
+
+
 def test_plain_onnx_loads_without_decisions(tmp_path):
     s = load(_plain(tmp_path / "plain.onnx"))
     assert s.kind == "plain" and s.decisions == {}
