@@ -260,10 +260,19 @@ def markdown(data: dict) -> str:
                 continue
             accs = [r["acc"] for r in rr]
             diff = f"{statistics.mean(accs) - statistics.mean(dense):+.4f}" if dense else "no dense"
+            epochs = split_recipe(recipe)[1]
+            same_ft = [r["acc"] for r in mine if r["recipe"] == f"dense_ft{epochs}"]
+            if epochs is not None and same_ft and recipe != f"dense_ft{epochs}":
+                # a longer-fine-tuned row against the dense model fine-tuned as long
+                gap = statistics.mean(accs) - statistics.mean(same_ft)
+                diff = f"{gap:+.4f} vs dense_ft{epochs}"
             seeds = ",".join(str(r["seed"]) for r in rr)
             paired = f"{statistics.mean(r['acc'] - r['dense_acc_after_training'] for r in rr):+.4f}"
             if split_recipe(recipe)[0] == "dense":
-                lines.append(f"| {recipe} | {seeds} | {mean_std(accs)} | | {paired} | | | | 1x | |")
+                vs = "" if recipe == "dense" else diff  # dense_ftN: what the longer run buys
+                lines.append(
+                    f"| {recipe} | {seeds} | {mean_std(accs)} | {vs} | {paired} | | | | 1x | |"
+                )
                 continue
             first = rr[0]
             ratios = ", ".join(f"{x['layer']} {x['ratio']:,.0f}x" for x in first["layers"])
@@ -279,6 +288,8 @@ def markdown(data: dict) -> str:
             )
         lines.append("")
     lines += [
+        "Vs dense mean: against the `dense` rows, or for a `_ftN` row against the `dense_ftN` "
+        "rows when there are some (the same fine-tuning). "
         "Fit errors: relative error of each layer's layer-wise fit (seed of the first run; "
         "`d`: discarded by compress's rule, error >= 0.9). Vs its own dense model: the mean "
         "over seeds of each row's accuracy minus that of the trained dense model it started "
