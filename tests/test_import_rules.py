@@ -13,7 +13,7 @@ RUNTIME = ROOT / "runtimes" / "adntn_runtime"
 CORE = {"modes", "activations", "factorize", "schedule", "plan", "reference"}
 ONNX = {"layer_spec", "onnx_format", "onnx_builder", "layer_lowering", "substitution"}
 ONNX_FACADE = {"onnx_lowering"}
-RUNTIME_LAYER = {"policy", "calibration", "session", "files", "bench", "__init__"}
+RUNTIME_LAYER = {"policy", "calibration", "heap", "session", "files", "bench", "__init__"}
 
 
 def _imports(path: Path) -> set[str]:

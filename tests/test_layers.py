@@ -255,9 +255,11 @@ def test_init_scale_matches_torch_default(network):
     torch.manual_seed(6)
     layer = ADNTNLinear(512, 256, network=network, bond_dim=4)
     expected = 1 / math.sqrt(3 * 512)  # nn.Linear's default init std
-    assert float(layer.dense_weight().std()) == pytest.approx(expected, rel=0.02)
+    assert float(layer.dense_weight().detach().std()) == pytest.approx(expected, rel=0.02)
     conv = ADNTNConv2d(16, 32, 3, network=network)
-    assert float(conv.dense_weight().std()) == pytest.approx(1 / math.sqrt(3 * 144), rel=0.02)
+    assert float(conv.dense_weight().detach().std()) == pytest.approx(
+        1 / math.sqrt(3 * 144), rel=0.02
+    )
 
 
 def test_network_of_adntn_layers_trains_from_scratch():
