@@ -599,6 +599,8 @@ def test_load_pins_the_mmap_threshold_so_freed_buffers_leave(tmp_path):
         kept[steady] = int(proc.stdout.split()[-1])
     assert kept["1"] < 2**20, kept
     assert kept["0"] >= 4 * 2**20, kept
+    with pytest.raises(ValueError, match=r"steady_heap must be True or False, got 'no'"):
+        load(plain, steady_heap="no")
 
 
 def test_plain_onnx_loads_without_decisions(tmp_path):

@@ -573,6 +573,7 @@ def _check_args(
     threads: object,
     einsum: object,
     max_batch: object = None,
+    steady_heap: object = True,
 ) -> None:
     if memory_budget_mb is not None and (
         isinstance(memory_budget_mb, bool)
@@ -608,6 +609,8 @@ def _check_args(
             f"max_batch must be an int >= 1 (samples per call) or None (one call), "
             f"got {max_batch!r}"
         )
+    if not isinstance(steady_heap, bool):
+        raise ValueError(f"steady_heap must be True or False, got {steady_heap!r}")
 
 
 def _read_model(path: Path, allow_nonfinite: bool = False) -> onnx.ModelProto:
@@ -1104,7 +1107,7 @@ def load(
             (:class:`~adntn_runtime.policy.BudgetError` names the smallest that fits).
     """
     t_start = time.perf_counter()
-    _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum, max_batch)
+    _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum, max_batch, steady_heap)
     if steady_heap:
         pin_mmap_threshold()
     options = dict(
