@@ -273,7 +273,7 @@ def test_network_of_adntn_layers_trains_from_scratch():
     for _ in range(150):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         loss.backward()
         opt.step()
     acc = float((model(x).argmax(1) == y).float().mean())
