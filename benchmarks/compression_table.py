@@ -50,6 +50,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -303,15 +304,21 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _csv(text: str, valid: tuple[str, ...], flag: str, p: argparse.ArgumentParser) -> list[str]:
+def _csv(
+    text: str,
+    valid: tuple[str, ...],
+    flag: str,
+    p: argparse.ArgumentParser,
+    accepts: Callable[[str], bool] | None = None,
+    hint: str = "",
+) -> list[str]:
+    """Split a comma-separated flag value; each item must satisfy ``accepts`` (default:
+    be one of ``valid``), else exit with the flag, the bad item and the valid ones."""
+    ok = accepts or valid.__contains__
     out = [x for x in text.split(",") if x]
     for x in out:
-        ok = valid_recipe(x) if flag == "--recipes" else x in valid
-        if not ok:
-            extra = ""
-            if flag == "--recipes":
-                extra = f" (each optionally suffixed _ftN, 1 <= N <= {MAX_FT})"
-            p.error(f"unknown {flag} value {x!r}; valid: {', '.join(valid)}{extra}")
+        if not ok(x):
+            p.error(f"unknown {flag} value {x!r}; valid: {', '.join(valid)}{hint}")
     return out
 
 
@@ -338,7 +345,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--render", action="store_true", help="only rewrite the README table")
     args = p.parse_args(argv)
     args.models = _csv(args.models, MODELS, "--models", p)
-    args.recipes = _csv(args.recipes, RECIPES, "--recipes", p)
+    args.recipes = _csv(
+        args.recipes,
+        RECIPES,
+        "--recipes",
+        p,
+        accepts=valid_recipe,
+        hint=f" (each optionally suffixed _ftN, 1 <= N <= {MAX_FT})",
+    )
     for recipe in args.recipes:
         if not any(has_recipe(name, recipe) for name in args.models):
             p.error(

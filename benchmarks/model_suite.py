@@ -26,6 +26,7 @@ Usage::
     PYTHONPATH=.:runtimes:models python benchmarks/model_suite.py [--models alexnet,vgg16]
         [--runtimes ort1,ort2,tvm,tvm_tuned] [--batches 1,8] [--variants dense,alexnet_whole]
         [--configs fused,auto] [--rerun-loaded | --remeasure] [--rounds 3] [--tvm-trials 1600]
+        [--heap-ab]
 
 Writes ``benchmarks/results/models.json`` and ``benchmarks/results/models.png`` (the plot is
 not committed); model files are cached in ``benchmarks/results/cache/model_suite/``.
@@ -71,6 +72,10 @@ ORT_CONFIGS = ("fused", "materialize", "regenerate", "auto", "auto_budget")
 #: ``max_batch=1``: the batch in slices of one sample (``<config>_sliced`` rows).
 SLICED_CONFIGS = {"dense": "dense_sliced", "fused": "fused_sliced"}
 RUNTIMES = ("ort2", "ort1", "tvm", "tvm_tuned")
+#: With ``--heap-ab``, ORT also loads these configurations with ``steady_heap=False`` (glibc's
+#: own mmap threshold, not pinned by the runtime): ``<config>_unpinned`` rows, the A/B of
+#: :mod:`adntn_runtime.heap` (peaks per round in the row's ``rounds``).
+UNPINNED_CONFIGS = {c: f"{c}_unpinned" for c in ("dense", "fused", "auto")}
 #: memory_budget_mb of the ``auto_budget`` configuration (ADNTN layers in total).
 BUDGET_MB = 64.0
 #: A row is "loaded" when other processes used more than this share of the machine's CPU.
@@ -300,6 +305,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         base = _status("VmRSS")
         kwargs: dict[str, Any] = {"batch": batch, "threads": int(spec["threads"])}
         config = spec["config"]
+        if config.endswith("_unpinned"):
+            config = config.removesuffix("_unpinned")
+            kwargs["steady_heap"] = False
         sliced = config.endswith("_sliced")
         if sliced:
             config = config.removesuffix("_sliced")
@@ -418,6 +426,7 @@ def plan_rows(
     runtimes: list[str],
     batches: list[int],
     only_variants: set[str] | None = None,
+    heap_ab: bool = False,
 ) -> list[dict]:
     rows = []
     for batch in batches:
@@ -431,6 +440,10 @@ def plan_rows(
                         configs = ["dense"] if variant == "dense" else list(ORT_CONFIGS)
                         if batch > 1:
                             configs += [SLICED_CONFIGS[c] for c in configs if c in SLICED_CONFIGS]
+                        if heap_ab:
+                            configs += [
+                                UNPINNED_CONFIGS[c] for c in configs if c in UNPINNED_CONFIGS
+                            ]
                     else:
                         configs = [runtime]
                     for config in configs:
@@ -511,10 +524,11 @@ def measure_row(row: dict, meta: dict, args: argparse.Namespace) -> dict[str, An
 
 def merge_rounds(old: dict, new: dict) -> dict:
     """One row from interleaved rounds: latencies are medians over the rounds, memory and
-    the machine's load the worst round's."""
+    the machine's load the worst round's; ``rounds`` keeps each round's figures, peaks too."""
     keys = ("p50_ms", "p90_ms", "p99_ms", "time_to_first_inference_s", "load_s")
-    rounds = old.get("rounds") or [{k: old[k] for k in keys if k in old}]
-    rounds = [*rounds, {k: new[k] for k in keys if k in new}]
+    kept = (*keys, "peak_rss_bytes", "load_peak_rss_bytes")
+    rounds = old.get("rounds") or [{k: old[k] for k in kept if k in old}]
+    rounds = [*rounds, {k: new[k] for k in kept if k in new}]
     out = {**new, "rounds": rounds}
     for k in keys:
         vals = [r[k] for r in rounds if k in r]
@@ -872,6 +886,12 @@ def main() -> int:
         action="store_true",
         help="only rewrite the table in benchmarks/README.md (and the plot) from the JSON",
     )
+    ap.add_argument(
+        "--heap-ab",
+        action="store_true",
+        help="also load dense/fused/auto with steady_heap=False (<config>_unpinned rows): "
+        "the A/B of the runtime's pinned mmap threshold; with --rounds, each round's peak is kept",
+    )
     ap.add_argument("--out", default=str(RESULTS / "models.json"))
     ap.add_argument("--plot", default=str(RESULTS / "models.png"))
     args = ap.parse_args()
@@ -913,7 +933,7 @@ def main() -> int:
     metas: dict[tuple[str, str], dict] = {}
     todo = [
         r
-        for r in plan_rows(models, runtimes, batches, variants)
+        for r in plan_rows(models, runtimes, batches, variants, heap_ab=args.heap_ab)
         if not configs or r["config"] in configs
     ]
     done_now: set[str] = set()

@@ -100,6 +100,22 @@ def test_interleaved_rounds_take_median_latency_and_worst_memory():
     assert [r["p50_ms"] for r in merged["rounds"]] == [9.0, 7.0, 8.0]
     assert merged["peak_rss_bytes"] == 120 * model_suite.MB
     assert merged["machine_load"]["other_cpu_share"] == 0.3
+    assert [r["peak_rss_bytes"] for r in merged["rounds"]][1] == 120 * model_suite.MB
+
+
+def test_heap_ab_adds_unpinned_rows_for_dense_fused_and_auto_only():
+    plain = model_suite.plan_rows(["alexnet"], ["ort1", "tvm"], [1, 8])
+    ab = model_suite.plan_rows(["alexnet"], ["ort1", "tvm"], [1, 8], heap_ab=True)
+    extra = {r["key"] for r in ab} - {r["key"] for r in plain}
+    assert not any(r["config"].endswith("_unpinned") for r in plain)
+    assert {r["config"] for r in ab if r["key"] in extra} == {
+        "dense_unpinned",
+        "fused_unpinned",
+        "auto_unpinned",
+    }
+    # ORT only, every batch, each recipe's fused/auto and the dense model
+    assert len(extra) == 2 * (1 + 2 * len(model_suite.RECIPES["alexnet"]))
+    assert all("|ort1|" in k for k in extra)
 
 
 def test_trunk_share_cuts_the_dense_file_where_the_classifier_starts(tmp_path):

@@ -562,11 +562,8 @@ _HEAP_PROBE = """
 import sys
 import numpy as np
 import adntn_runtime
+from adntn_runtime.calibration import vm_rss_bytes as rss
 adntn_runtime.load(sys.argv[1], steady_heap=sys.argv[2] == "1")
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
 a = np.ones(4 << 20, np.float32)  # 16 MB, a mapping of its own; glibc's dynamic threshold
 del a  # then rises to 16 MB: the next buffers of up to that size come from the heap
 base = rss()
@@ -583,7 +580,7 @@ print(rss() - base)
 def test_load_pins_the_mmap_threshold_so_freed_buffers_leave(tmp_path):
     """By default a load pins glibc's mmap threshold: an 8 MB buffer freed after a 16 MB one
     goes back to the OS; with ``steady_heap=False`` glibc keeps it resident (the C heap's
-    own behaviour, which made a canonical VGG-16 load peak anywhere in 176-223 MB)."""
+    own behaviour, which made a canonical VGG-16 load peak anywhere in 186-224 MB)."""
     plain = _plain(tmp_path / "plain.onnx")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "runtimes")}
     kept = {}

@@ -8,7 +8,8 @@ glibc raises the threshold to that chunk's size, so the next buffers of up to th
 served from the heap, and a freed heap buffer stays resident. Which of ORT's load-time
 buffers land where then depends on the order of its frees, and the peak of the same load
 varies from one process to the next: canonical VGG-16 with its classifier fused, 1 thread,
-176-223 MB over identical loads, 163-171 MB every time with the threshold pinned (2026-12-07).
+186-224 MB over three identical loads, 178 MB every time with the threshold pinned
+(``benchmarks/model_suite.py --heap-ab --rounds 3``, ``benchmarks/results/heap_ab.json``).
 
 :func:`pin_mmap_threshold` pins the threshold at glibc's default (``mallopt``), which turns
 the dynamic raise off for the process; :func:`release_freed_memory` hands freed heap memory

@@ -1099,7 +1099,8 @@ def load(
         steady_heap: pin glibc's mmap threshold (:func:`adntn_runtime.heap.pin_mmap_threshold`,
             process-wide, once) so that the buffers freed while loading go back to the OS:
             the load's peak is then the same every time, and lower (canonical VGG-16, fused
-            classifier: 163-171 MB vs 176-223 MB). False: the C heap as the process has it.
+            classifier: 178 MB x3 vs 186-224 MB, ``benchmarks/results/heap_ab.json``).
+            False: the C heap as the process has it.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
