@@ -98,7 +98,9 @@ def placeholder_layer_modes(
                 )
         return {n: LayerMode(forced, f"forced by --mode {forced.value}") for n in specs}
     candidates = {
-        n: layer_candidates(s.plan, batch, DEFAULT_RATES, rows=s.gemm_rows(batch))
+        n: layer_candidates(
+            s.plan, batch, DEFAULT_RATES, rows=s.gemm_rows(batch), conv=s.conv is not None
+        )
         for n, s in specs.items()
     }
     try:

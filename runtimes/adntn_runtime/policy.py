@@ -19,7 +19,9 @@ Latency model (milliseconds per call; :class:`DeviceRates` are measured on the d
 
 * ``materialize``: ``max(gemm flops / gemm rate, weight bytes / bandwidth)`` + one node;
 * ``fused``: contraction flops / einsum rate + elements written * ns per element + one
-  node overhead per step;
+  node overhead per step; a convolution of a split plan runs fused as two convolutions
+  (a rank-``r`` kernel, then a 1x1 one: :mod:`adntn_runtime.layer_lowering`), i.e. two GEMMs
+  of ``r * (in + out)`` multiply-adds per output pixel, predicted at the GEMM rate;
 * ``regenerate``: the generator's steps in every tile (flops, elements written, node
   overheads) + the tile GEMMs + the input read once per tile (at the bandwidth).
 
@@ -253,8 +255,13 @@ def predict_latency_ms(
     rates: DeviceRates,
     *,
     tile_rows: int | None = None,
+    conv: bool = False,
 ) -> float:
-    """Predicted milliseconds of one call of the layer in ``mode`` (see the module docstring)."""
+    """Predicted milliseconds of one call of the layer in ``mode`` (see the module docstring).
+
+    ``batch``: the rows the weight multiplies (a convolution's output pixels); ``conv``: the
+    layer is a convolution (its fused form differs for a split plan).
+    """
     mode = parse_mode(mode, Mode)
     over = rates.node_overhead_us * 1e-3
     m, n = plan.out_features, plan.in_features
@@ -262,6 +269,11 @@ def predict_latency_ms(
         gemm = 2.0 * batch * m * n / (rates.gemm_gflops * 1e6)
         stream = 4.0 * m * n / (rates.bandwidth_gbps * 1e6)
         return max(gemm, stream) + over
+    if mode == "fused" and conv and plan.layout == "split" and plan.top_is_linear:
+        rank = plan.low_rank().rank
+        gemm = 2.0 * batch * rank * (n + m) / (rates.gemm_gflops * 1e6)
+        written = batch * (rank + m)
+        return gemm + written * rates.einsum_ns_per_element * 1e-6 + 3 * over
     cost = plan.cost(mode, batch, tile_rows=tile_rows)
     written = _written_elements(plan, mode, batch, tile_rows)
     sch = plan.schedule(mode, batch=batch, tile_rows=tile_rows)
@@ -297,6 +309,7 @@ def layer_candidates(
     measured_ms: Mapping[str, float] | None = None,
     modes: Sequence[Mode | str] = tuple(Mode),
     rows: int | None = None,
+    conv: bool = False,
 ) -> list[Candidate]:
     """Every mode ``plan`` can run in, with predicted latency, memory and measured latency.
 
@@ -304,7 +317,8 @@ def layer_candidates(
     the rows the weight multiplies per call where that is not ``batch``, i.e. a convolution's
     ``batch * out_h * out_w`` (one row per output pixel) or a linear layer's ``batch * T`` on
     ``(batch, T, in)``: the latency is predicted at ``rows``; the memory is counted at
-    ``batch`` (a convolution's activations are not counted as the layer's).
+    ``batch`` (a convolution's activations are not counted as the layer's). ``conv``: the
+    layer is a convolution (see :func:`predict_latency_ms`).
     """
     measured = dict(measured_ms or {})
     out = []
@@ -314,7 +328,9 @@ def layer_candidates(
         out.append(
             Candidate(
                 mode,
-                predict_latency_ms(plan, mode, rows or batch, rates, tile_rows=tile_rows),
+                predict_latency_ms(
+                    plan, mode, rows or batch, rates, tile_rows=tile_rows, conv=conv
+                ),
                 layer_memory_bytes(plan, mode, batch, tile_rows=tile_rows),
                 measured.get(mode),
             )

@@ -855,7 +855,12 @@ class _Planner:
         spec = self.specs[name][0]
         cands = fitting(
             layer_candidates(
-                spec.plan, self.batch, self.rates, tile_rows=self.tile_rows, rows=self.rows[name]
+                spec.plan,
+                self.batch,
+                self.rates,
+                tile_rows=self.tile_rows,
+                rows=self.rows[name],
+                conv=spec.conv is not None,
             )
         )
         if self.cache is None:
@@ -997,7 +1002,12 @@ class _Planner:
         spec = self.specs[name][0]
         mode = self.forced[name]
         cands = layer_candidates(
-            spec.plan, self.batch, self.rates, tile_rows=self.tile_rows, rows=self.rows[name]
+            spec.plan,
+            self.batch,
+            self.rates,
+            tile_rows=self.tile_rows,
+            rows=self.rows[name],
+            conv=spec.conv is not None,
         )
         c = {c.mode: c for c in cands}.get(mode)
         shown = modes if not isinstance(modes, Mode) else modes.value
