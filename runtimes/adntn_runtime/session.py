@@ -850,19 +850,21 @@ class _Planner:
         for name in self.free:
             self.candidates[name] = self._layer_candidates(name)
 
+    def _predicted(self, name: str) -> list[Candidate]:
+        """``name``'s candidates as predicted from the device rates (nothing measured)."""
+        spec = self.specs[name][0]
+        return layer_candidates(
+            spec.plan,
+            self.batch,
+            self.rates,
+            tile_rows=self.tile_rows,
+            rows=self.rows[name],
+            conv=spec.conv is not None,
+        )
+
     def _layer_candidates(self, name: str) -> list[Candidate]:
         """``name``'s candidates; when calibrating, each worth measuring measured."""
-        spec = self.specs[name][0]
-        cands = fitting(
-            layer_candidates(
-                spec.plan,
-                self.batch,
-                self.rates,
-                tile_rows=self.tile_rows,
-                rows=self.rows[name],
-                conv=spec.conv is not None,
-            )
-        )
+        cands = fitting(self._predicted(name))
         if self.cache is None:
             return cands
         shape = self.shapes[name]
@@ -999,16 +1001,8 @@ class _Planner:
         }
 
     def _forced_decision(self, name: str, modes: object) -> LayerDecision:
-        spec = self.specs[name][0]
         mode = self.forced[name]
-        cands = layer_candidates(
-            spec.plan,
-            self.batch,
-            self.rates,
-            tile_rows=self.tile_rows,
-            rows=self.rows[name],
-            conv=spec.conv is not None,
-        )
+        cands = self._predicted(name)
         c = {c.mode: c for c in cands}.get(mode)
         shown = modes if not isinstance(modes, Mode) else modes.value
         return LayerDecision(
