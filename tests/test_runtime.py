@@ -190,9 +190,10 @@ def test_cost_model_from_plan():
 def test_split_conv_fused_is_predicted_as_two_gemms():
     """A split plan's convolution runs fused as a rank-r convolution then a 1x1 one (two
     GEMMs of r * (in + out) multiply-adds per output pixel), so it is predicted at the GEMM
-    rate. Canonical AlexNet's conv4 compressed whole (384x3456, 169 output pixels): at the
-    einsum rate the TVM compile picked the dense conv for every split conv of `alexnet_whole`
-    (fused 20.4 ms predicted vs materialize 15 ms), which does ~5x the multiply-adds."""
+    rate. A plan shaped like canonical AlexNet's conv4 (256 outputs x 384*3*3 inputs, 13x13
+    output pixels): at the einsum rate the TVM compile picked the dense conv for every split
+    conv of `alexnet_whole` (conv4: fused 20.4 ms predicted vs materialize 15 ms), which does
+    ~5x the multiply-adds."""
     plan = ADNTNPlan(256, 384 * 9, network="ttn", bond_dim=32, num_sites=2, layout="split")
     rank = plan.low_rank().rank
     rows = 13 * 13

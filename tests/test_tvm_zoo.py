@@ -120,6 +120,43 @@ def test_whole_model_matches_torch_everywhere(zoo_export, tvm_compiled, name, mo
     _close(tr.load(out).run({"input": case.x})[0], case.logits, "tvm host")
 
 
+def _far_fewer_multiply_adds(spec) -> bool:
+    """A split convolution whose fused form (a rank-r conv, then a 1x1 one: r * (in + out)
+    multiply-adds per output pixel) does at most half the dense conv's (in * out)."""
+    plan = spec.plan
+    n_in, n_out = plan.in_features, plan.out_features
+    return plan.low_rank().rank * (n_in + n_out) <= 0.5 * n_in * n_out
+
+
+@pytest.mark.parametrize("name", ["small_cnn" + WHOLE, "alexnet32" + WHOLE])
+def test_split_convolutions_compile_fused_where_they_do_far_fewer_multiply_adds(
+    zoo_export, tvm_compiled, name
+):
+    """The policy of an auto file on TVM picks fused for a split convolution whose fused form
+    does at most half the dense conv's multiply-adds. It used to predict that form at the
+    einsum rate and compiled the dense conv instead: every split conv of canonical
+    `alexnet_whole`, and alexnet32's conv1 here (0.12x the multiply-adds). Others (a
+    1-channel conv1 of a few kFLOP) may go either way: node overheads decide. small_cnn is
+    compiled (its manifest records the choice); alexnet32 asks the compile's own policy."""
+    import onnx
+
+    from adntn_export.tvm_backend.layer_modes import _specs, placeholder_layer_modes
+
+    model = onnx.load(str(zoo_export(name, "auto", True)))
+    if name.startswith("small_cnn"):
+        layers = tr.Manifest.load(tvm_compiled(name, "auto", "host", True)).layers
+        modes = {n: v["mode"] for n, v in layers.items()}
+    else:
+        modes = {
+            n: v.mode.value for n, v in placeholder_layer_modes(model, mode=None, batch=1).items()
+        }
+    cheap = [
+        n for n, s in _specs(model).items() if s.conv is not None and _far_fewer_multiply_adds(s)
+    ]
+    assert cheap  # the corpus model has such convolutions
+    assert {n: modes[n] for n in cheap} == dict.fromkeys(cheap, "fused")
+
+
 @pytest.mark.parametrize(
     "compile_mode",
     ["dense", "materialize", pytest.param("regenerate", marks=pytest.mark.slow), "fused"],
