@@ -465,6 +465,38 @@ def test_light_tensor_intrinsics_skips_gpu_tables():
     assert float(seconds) < 20
 
 
+def test_tuning_builder_kills_a_stuck_candidate_and_goes_on():
+    """A candidate whose build hangs is recorded as failed after the timeout and the same
+    builder builds the next one (in-process builds once stalled a tuning run for 15+ min)."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from adntn_export.tvm_backend.tune import _pooled_builder
+
+    a = te.placeholder((8, 8), name="A")
+    b = te.compute((8, 8), lambda i, j: a[i, j] * 2.0, name="B")
+    inp = ms.builder.BuilderInput(
+        tvm.IRModule({"main": te.create_prim_func([a, b])}),
+        tvm.target.Target({"kind": "llvm", "num-cores": 1}),
+    )
+    # a candidate stuck in codegen (a lambda: pickled by value to the worker)
+    hang = lambda mod, target, cross_cc: time.sleep(600)  # noqa: E731
+    hanging = _pooled_builder(max_workers=1, timeout_sec=2, build=hang)
+    working = _pooled_builder(max_workers=1, timeout_sec=60)
+    try:
+        t0 = time.perf_counter()
+        (stuck,) = hanging.build([inp])
+        assert stuck.artifact_path is None and "killed after 2 s" in stuck.error_msg
+        assert time.perf_counter() - t0 < 60
+        first, second = working.build([inp, inp])
+        assert first.error_msg is None and Path(first.artifact_path).is_file()
+        assert second.error_msg is None and Path(second.artifact_path).is_file()
+    finally:
+        hanging.shutdown()
+        working.shutdown()
+
+
 def test_with_num_cores():
     spec = get_target("host").with_num_cores(1)
     assert spec.target_dict()["num-cores"] == 1 and spec.name == "host"

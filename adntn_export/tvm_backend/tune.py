@@ -31,9 +31,13 @@ starts a fresh worker process for every batch and its ``default_build`` runs
 ROCm 11 s, Hexagon 3 s, ARM 2 s, x86 1 s on this 2-core machine: ~50 s); ``TuneContext`` does the
 same import once in the tuning process. For CPU targets :func:`light_tensor_intrinsics` imports
 only the CPU tables (x86 + ARM, ~3 s) by registering empty stand-ins for the GPU/DSP modules
-first, and candidates for this machine are compiled in-process (:class:`_InProcessBuilder`,
-~20 ms + a link each, no worker start-up); cross targets keep ``LocalBuilder`` with the light
-import in its worker initializer (~7 s per batch, the worker's ``import tvm``).
+first. Candidates are built by :func:`_pooled_builder`: one pool of worker processes for the
+whole run (the light import in each worker's initializer, ~5 s once, not per batch), ~0.1-1 s a
+candidate, each with a :data:`BUILD_TIMEOUT_S` limit. Builds used to run in the tuning process
+itself (no start-up at all) until canonical AlexNet runs stalled on the 11x11 ``conv1`` task:
+one sat 15+ min after "Sending 40 sample(s) to builder", another was in LLVM codegen of one
+candidate for 3+ min when stopped (``py-spy dump``, 2026-12-07), while the task's other
+candidates build in 0.1-1 s. A worker can be killed; the tuning process cannot.
 """
 
 from __future__ import annotations
@@ -74,34 +78,6 @@ def light_tensor_intrinsics() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
-def _export_fn_name(cc: str) -> str:
-    return f"adntn.ms_export.{cc}"
-
-
-def _register_cross_export(cc: str) -> None:
-    """Worker initializer: register a MetaSchedule export function that cross-links with ``cc``."""
-    import tvm_ffi
-    from tvm.support import cc as tvm_cc
-
-    def _export(mod: Any) -> str:
-        path = os.path.join(tempfile.mkdtemp(prefix="adntn-ms-"), "candidate.so")
-        mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
-        return path
-
-    tvm_ffi.register_global_func(_export_fn_name(cc), _export, override=True)
-
-
-class _CrossExportInit:
-    """Picklable initializer for builder worker processes."""
-
-    def __init__(self, cc: str) -> None:
-        self.cc = cc
-
-    def __call__(self) -> None:
-        light_tensor_intrinsics()
-        _register_cross_export(self.cc)
-
-
 class _LightInit:
     """Picklable initializer: light tensor-intrinsic import in a builder worker."""
 
@@ -109,32 +85,99 @@ class _LightInit:
         light_tensor_intrinsics()
 
 
-def _in_process_builder() -> Any:
-    """A MetaSchedule builder compiling candidates in this process (native CPU targets)."""
+#: A candidate whose build (TIR lowering + LLVM + link) takes longer is dropped as failed. Normal
+#: candidates build in 0.1-1 s; built in the tuning process, a candidate of AlexNet's 11x11
+#: convolution sat minutes in LLVM codegen and stalled the whole run (see the module docstring).
+BUILD_TIMEOUT_S = 60.0
+
+#: Builder workers are restarted after this many candidates (MetaSchedule restarts its pool every
+#: batch because of a memory leak in long-lived workers; this bounds it at a start-up per 256).
+BUILD_WORKER_USES = 256
+
+
+def _build_candidate(mod: Any, target: Any, cross_cc: str | None) -> str:
+    """Build one MetaSchedule candidate and export it to a shared library (in a builder worker).
+
+    The same steps as MetaSchedule's ``default_build``/``default_export``, linked with the
+    cross compiler ``cross_cc`` (``None``: for this machine).
+    """
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support import cc as tvm_cc
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    rt_mod = tvm.compile(mod, target=target)
+    path = os.path.join(tempfile.mkdtemp(prefix="adntn-ms-"), "candidate.so")
+    if cross_cc is None:
+        rt_mod.export_library(path)
+    else:
+        rt_mod.export_library(path, fcompile=tvm_cc.cross_compiler(cross_cc))
+    return path
+
+
+def _pooled_builder(
+    cross_cc: str | None = None,
+    max_workers: int | None = None,
+    timeout_sec: float = BUILD_TIMEOUT_S,
+    build: Any = _build_candidate,
+) -> Any:
+    """A MetaSchedule builder over one pool of worker processes kept for the whole tuning run.
+
+    Each candidate is built in a worker with a ``timeout_sec`` limit: a candidate stuck in
+    codegen is killed and recorded as a failed build (its worker is replaced), where a build in
+    the tuning process could stall the run for good. Unlike ``LocalBuilder``, which starts a
+    fresh pool (a ``import tvm`` + intrinsic import, ~7 s) for every batch, workers are reused
+    for :data:`BUILD_WORKER_USES` candidates; each imports the CPU tensor intrinsics once
+    (:class:`_LightInit`). ``cross_cc`` links candidates for a device (``None``: this machine).
+    Call the builder's ``shutdown()`` when the run ends. ``build(mod, target, cross_cc) -> path``
+    is :func:`_build_candidate` (tests pass a stand-in; it is pickled to the workers).
+    """
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    workers = max_workers or max(1, os.cpu_count() or 1)
 
     @derived_object
-    class _InProcessBuilder(ms.builder.PyBuilder):
-        """Same steps as ``LocalBuilder``'s default build/export, without worker processes."""
+    class _PooledBuilder(ms.builder.PyBuilder):
+        """``LocalBuilder``'s build and export, in workers that outlive a batch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._pool: Any = None
 
         def build(self, build_inputs: list[Any]) -> list[Any]:
-            import tvm
-            from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
+            if self._pool is None:
+                self._pool = PopenPoolExecutor(
+                    max_workers=workers,
+                    timeout=timeout_sec,
+                    initializer=_LightInit(),
+                    maximum_process_uses=BUILD_WORKER_USES,
+                )
             results = []
-            for inp in build_inputs:
-                try:
-                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(inp.mod)
-                    rt_mod = tvm.compile(mod, target=inp.target)
-                    path = os.path.join(tempfile.mkdtemp(prefix="adntn-ms-"), "candidate.so")
-                    rt_mod.export_library(path)
-                    results.append(ms.builder.BuilderResult(path, None))
-                except Exception as exc:  # a bad candidate must not end the tuning run
-                    results.append(ms.builder.BuilderResult(None, f"in-process build: {exc}"))
+            outcomes = self._pool.map_with_error_catching(
+                lambda job: build(job[0], job[1], cross_cc),
+                [(inp.mod, inp.target) for inp in build_inputs],
+            )
+            for outcome in outcomes:
+                if outcome.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(outcome.value, None))
+                elif outcome.status == StatusKind.TIMEOUT:
+                    results.append(
+                        ms.builder.BuilderResult(
+                            None, f"build killed after {timeout_sec:g} s (BUILD_TIMEOUT_S)"
+                        )
+                    )
+                else:
+                    results.append(ms.builder.BuilderResult(None, f"build: {outcome.value}"))
             return results
 
-    return _InProcessBuilder()
+        def shutdown(self) -> None:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    return _PooledBuilder()
 
 
 def count_records(db_dir: str | os.PathLike[str]) -> int:
@@ -192,7 +235,7 @@ def _runner_and_builder(
         # default halves the CPUs on x86: candidates parallelised for num-cores would be
         # measured on half of them)
         use_target_threads(spec.target_dict())
-        return ms.runner.LocalRunner(), _in_process_builder()
+        return ms.runner.LocalRunner(), _pooled_builder()
     if not rpc_key:
         raise ValueError("rpc_tracker needs rpc_key (the key the device server registered)")
     summary = check_tracker(rpc_tracker, rpc_key)  # fails within seconds when unreachable
@@ -211,13 +254,9 @@ def _runner_and_builder(
     )
     cc = spec.require_cross_compiler()
     if cc is None:
-        return runner, _in_process_builder()
-    name = spec.cross_compiler or cc
-    builder = ms.builder.LocalBuilder(
-        max_workers=max(1, min(servers, os.cpu_count() or 1)),
-        timeout_sec=120,
-        f_export=_export_fn_name(name),
-        initializer=_CrossExportInit(name),
+        return runner, _pooled_builder()
+    builder = _pooled_builder(
+        spec.cross_compiler or cc, max_workers=max(1, min(servers, os.cpu_count() or 1))
     )
     return runner, builder
 
@@ -404,10 +443,13 @@ def tune_onnx(
     lowered, tasks = tuning_tasks(prepared, tvm_target)
     t0 = time.perf_counter()
     if remaining:
-        _tune_tasks(
-            lowered, tasks, tvm_target, db_dir, remaining, runner, builder,
-            max_trials_per_task, op_names, stats, say,
-        )  # fmt: skip
+        try:
+            _tune_tasks(
+                lowered, tasks, tvm_target, db_dir, remaining, runner, builder,
+                max_trials_per_task, op_names, stats, say,
+            )  # fmt: skip
+        finally:
+            builder.shutdown()  # the builder's worker processes
     tuning_s = time.perf_counter() - t0
     if stats.tasks:
         say(f"{spec.name}: trials of this run\n{stats.table()}")
