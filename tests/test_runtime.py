@@ -569,6 +569,32 @@ def test_max_batch_needs_a_dynamic_batch_and_a_positive_int(exported, zoo_export
     assert load(static).max_batch is None
 
 
+@pytest.mark.parametrize("mode", ["fused", "auto"])
+def test_profile_prefix_records_every_node_of_a_whole_model(zoo_export, tmp_path, mode):
+    """``profile_prefix``: ORT's per-node profile of a whole zoo model (fixed-mode and auto
+    file), every node of the lowered graph in it, each call once; off by default."""
+    case = zoo_case("small_cnn" + WHOLE)
+    path = zoo_export("small_cnn" + WHOLE, mode)
+    s = load(path, threads=1, calibrate=False, profile_prefix=tmp_path / "prof")
+    for _ in range(3):
+        assert _rel(s.run(case.x)[0], case.logits) < 1e-4
+    trace = json.loads(Path(s.ort_session.end_profiling()).read_text())
+    kernels = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    ops = {e["args"]["op_name"] for e in kernels}
+    assert "Conv" in ops, ops
+    per_node = {}
+    for e in kernels:
+        per_node[e["name"]] = per_node.get(e["name"], 0) + 1
+    assert set(per_node.values()) == {3}, per_node
+    assert (
+        not load(path, threads=1, calibrate=False)
+        .ort_session.get_session_options()
+        .enable_profiling
+    )
+    with pytest.raises(TypeError, match=r"profile_prefix must be a path prefix .* got int"):
+        load(path, profile_prefix=3)
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _plain(path: Path) -> Path:
     w = np.arange(12, dtype=np.float32).reshape(3, 4)

@@ -635,12 +635,15 @@ def _session_options(
     no_folding: bool,
     optimized_path: str | None,
     memory_pattern: bool = False,
+    profile_prefix: str | None = None,
 ) -> Any:
-    """ORT options of a runtime session. ``memory_pattern`` (ORT's default: on) plans one
-    block for all intermediate tensors of the first call's shapes. ``benchmarks/model_suite.py``
-    on a quiet 2-core box, canonical VGG-16 compressed whole (``vgg16_whole``), fused, batch 8:
-    peak RSS 456 MB with it, 320 MB without; p50 301 -> 281 ms (1 thread), 150 -> 133 ms (2);
-    dense 1,125 -> 1,128 MB. Off unless asked for."""
+    """ORT options of a runtime session (``profile_prefix``: ORT's per-node profile).
+
+    ``memory_pattern`` (ORT's default: on) plans one block for all intermediate tensors of the
+    first call's shapes. ``benchmarks/model_suite.py`` on a quiet 2-core box, canonical VGG-16
+    compressed whole (``vgg16_whole``), fused, batch 8: peak RSS 456 MB with it, 320 MB
+    without; p50 301 -> 281 ms (1 thread), 150 -> 133 ms (2); dense 1,125 -> 1,128 MB. Off
+    unless asked for."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -652,6 +655,9 @@ def _session_options(
         so.add_session_config_entry(*_FOLDING_OFF)
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     so.log_severity_level = 3
     return so
 
@@ -1071,6 +1077,7 @@ def load(
     memory_pattern: bool = False,
     max_batch: int | None = None,
     steady_heap: bool = True,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> Session:
     """Load an ONNX file and pick each ADNTN layer's mode; returns a :class:`Session`.
 
@@ -1105,6 +1112,9 @@ def load(
             the load's peak is then the same every time, and lower (canonical VGG-16, fused
             classifier: 178 MB x3 vs 186-224 MB, ``benchmarks/results/heap_ab.json``).
             False: the C heap as the process has it.
+        profile_prefix: record ONNX Runtime's profile of every call (each node's kernel time,
+            Chrome trace JSON); ``session.ort_session.end_profiling()`` writes it to
+            ``<profile_prefix>_<date>.json`` and returns that path. None: no profiling.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -1113,6 +1123,11 @@ def load(
     """
     t_start = time.perf_counter()
     _check_args(memory_budget_mb, latency_target_ms, batch, threads, einsum, max_batch, steady_heap)
+    if profile_prefix is not None and not isinstance(profile_prefix, str | os.PathLike):
+        raise TypeError(
+            f"profile_prefix must be a path prefix (str or os.PathLike) or None, "
+            f"got {type(profile_prefix).__name__}"
+        )
     if steady_heap:
         pin_mmap_threshold()
     options = dict(
@@ -1125,6 +1140,7 @@ def load(
         einsum=einsum,
         tile_rows=tile_rows,
         memory_pattern=bool(memory_pattern),
+        profile_prefix=None if profile_prefix is None else os.fspath(profile_prefix),
     )
     path = Path(path)
     model = _read_model(path, allow_nonfinite)
@@ -1179,7 +1195,13 @@ def _load_auto(
             weight_dir=folder,
         )
         del model
-        so = _session_options(threads, no_fold, optimized_model_path, options["memory_pattern"])
+        so = _session_options(
+            threads,
+            no_fold,
+            optimized_model_path,
+            options["memory_pattern"],
+            options["profile_prefix"],
+        )
         sess = _ort_session_from_dir(lowered, so, folder, path)
     release_freed_memory()
     options["constant_folding"] = not no_fold
@@ -1223,7 +1245,9 @@ def _load_fixed(
             einsum=info.get("einsum"),
         )
     no_fold = "ConstantFolding" in meta.get(SESSION_OPTIONS_KEY, "")
-    so = _session_options(threads, no_fold, optimized_path, options["memory_pattern"])
+    so = _session_options(
+        threads, no_fold, optimized_path, options["memory_pattern"], options["profile_prefix"]
+    )
     sess = _make_ort_session(str(path), so, path)
     options["constant_folding"] = not no_fold
     return Session(
