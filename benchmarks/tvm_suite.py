@@ -210,7 +210,8 @@ def _markdown(result: dict) -> str:
             f"`{env['tvm_target']}`): no schedules, so every kernel is a naive loop nest.",
             "* TVM tuned: `adntn tune --target host` (MetaSchedule, random-search cost model "
             "unless "
-            "xgboost is installed, in-process candidate builds, "
+            "xgboost is installed, candidate builds in the tuning process when this table was "
+            "measured (a worker pool since 2026-12-07), "
             "`max_trials_per_task` per task) then the same export; `tuning s` is the "
             "MetaSchedule search time (task extraction to the last measurement).",
             '* `dense` is the ttn layer exported with `mode="dense"` (the generated weight): '
