@@ -249,10 +249,11 @@ def _markdown(result: dict) -> str:
             "LLVM (an in-process `tvm.compile` of a candidate takes ~25 ms, its link ~0.1 s). Fix "
             "(`adntn_export/tvm_backend/tune.py`): `light_tensor_intrinsics()` registers empty "
             "modules for the CUDA/ROCm/Hexagon/RISC-V tables before importing the package (CPU "
-            "targets only: ~3 s), and candidates are built in one pool of worker processes kept for "
-            "the whole run (the light import once per worker, ~5 s; ~0.1-1 s a candidate), each "
-            "killed after 60 s: builds in the tuning process itself once stalled a canonical "
-            "AlexNet run for 15+ min on one 11x11-convolution candidate.",
+            "targets only: ~3 s), and candidates are built in one pool of worker processes kept "
+            "for the whole run (the light import once per worker, ~5 s; ~0.1-1 s a candidate), "
+            "each killed after 60 s: builds in the tuning process itself stalled canonical "
+            "AlexNet runs on the 11x11 convolution (15+ min; a stack dump showed one candidate "
+            "in LLVM codegen).",
             "",
         ]
     )
