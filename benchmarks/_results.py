@@ -7,10 +7,11 @@ rows."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -34,6 +35,33 @@ def write_readme(path: Path, block: str, start: str, end: str) -> None:
     path.write_text(text)
 
 
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out.lock`` (one per results file) while the block runs."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _merge(out: Path, data: dict, section: str) -> None:
+    """Add to ``data[section]`` the entries another run saved to ``out`` meanwhile (when the
+    file's ``protocol`` is ``data``'s); ``data``'s own entries win. Call it under the lock."""
+    if out.exists():
+        disk = json.loads(out.read_text())
+        if disk.get("protocol") == data.get("protocol"):
+            data[section] = {**disk.get(section, {}), **data.get(section, {})}
+
+
+def save_entry(out: Path, data: dict, section: str, key: str, entry: dict) -> None:
+    """Record ``entry`` as ``data[section][key]`` and save ``data`` to ``out``, merged first
+    with what other runs saved there meanwhile, under the file's lock (nothing is dropped)."""
+    with _locked(out):
+        _merge(out, data, section)
+        data.setdefault(section, {})[key] = entry
+        save(out, data)
+
+
 def cache_row(
     data: dict,
     key: str,
@@ -54,13 +82,8 @@ def cache_row(
     The rows another run saved to ``out`` meanwhile (same ``protocol``, if ``data`` has one)
     are merged into ``data`` first, under an exclusive lock on ``out.lock``."""
     row["command"], row["machine"] = command, machine
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if out.exists():
-            disk = json.loads(out.read_text())
-            if disk.get("protocol") == data.get("protocol"):
-                data["rows"] = {**disk.get("rows", {}), **data["rows"]}
+    with _locked(out):
+        _merge(out, data, "rows")
         data["rows"][key] = row
         save(out, data)
         write_readme(readme, markdown(data), *markers)

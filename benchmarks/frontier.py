@@ -12,7 +12,8 @@ more exceed the 26 einsum labels; the ``*_split`` topologies use the split site 
 bond 1, stores 53 numbers, its generated bias 35 more) are recorded as infeasible.
 Each point is then fitted (``init='svd'``) and fine-tuned exactly as a row of
 ``compression_table.py`` (1 epoch, distillation, same LRs) and its test accuracy measured.
-Points are cached in ``results/frontier.json`` as they finish (a later run skips them);
+Points are cached in ``results/frontier.json`` as they finish (a later run skips them; two
+runs, e.g. one per core with different ``--topologies``, merge their points under a lock);
 ``--plot`` draws ``frontier.png`` from the JSON (accuracy vs ratio, one line per topology). Usage::
 
     PYTHONPATH=.:runtimes:models python benchmarks/frontier.py --threads 1
@@ -39,7 +40,7 @@ from adntn_runtime.plan import ADNTNPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compression_table as table  # noqa: E402
-from _results import save  # noqa: E402
+from _results import save_entry  # noqa: E402
 from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -250,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             network, act, layout = TOPOLOGIES[topo]
             layers = plan_for(network, target, layout)
             if layers is None:
-                data["points"][key] = {
+                infeasible = {
                     "topology": topo,
                     "target": target,
                     "infeasible": "no plan within the budget of some layer",
                 }
-                save(args.out, data)
+                save_entry(args.out, data, "points", key, infeasible)
                 continue
             t0 = time.perf_counter()
             try:
@@ -305,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: FAILED: {exc!r}")
                 failed += 1
                 continue
-            data["points"][key] = point
-            save(args.out, data)
+            save_entry(args.out, data, "points", key, point)
             log(f"{key}: ratio {point['ratio']:,.0f}x, test accuracy {point['acc']:.4f}")
     plot(data, args.png)
     return 1 if failed else 0

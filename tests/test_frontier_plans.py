@@ -53,3 +53,25 @@ def test_the_target_recipe_ships_the_plans_the_search_finds():
     for name, plan in plans.items():
         shipped = {"arity": 2, **layers[name]}
         assert shipped == {k: plan[k] for k in ("num_sites", "bond_dim", "arity")}
+
+
+def test_two_runs_sharing_the_points_file_keep_each_others_points(tmp_path):
+    """Two frontier runs (one per core) load the file at their start and save a point each:
+    the second save keeps the first run's point (merged under the file's lock)."""
+    import json
+
+    from _results import save_entry
+
+    out = tmp_path / "frontier.json"
+    first = {"protocol": "p", "points": {}}
+    second = {"protocol": "p", "points": {}}  # loaded before the first run saved anything
+    save_entry(out, first, "points", "ttn@1e3/s1", {"acc": 0.9})
+    save_entry(out, second, "points", "mera@1e3/s1", {"acc": 0.8})
+    assert json.loads(out.read_text())["points"] == {
+        "ttn@1e3/s1": {"acc": 0.9},
+        "mera@1e3/s1": {"acc": 0.8},
+    }
+    # a file written under another protocol is not merged into this run's points
+    other = {"protocol": "q", "points": {}}
+    save_entry(out, other, "points", "attn@1e3/s1", {"acc": 0.7})
+    assert json.loads(out.read_text())["points"] == {"attn@1e3/s1": {"acc": 0.7}}
