@@ -25,14 +25,20 @@ def save(path: Path, data: dict) -> None:
 
 def write_readme(path: Path, block: str, start: str, end: str) -> None:
     """Replace the text between the ``start`` and ``end`` markers of ``path`` by ``block``
-    (appended, markers included in ``block``, when they are not there yet)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    (appended, markers included in ``block``, when they are not there yet).
+
+    Scripts with different results files share one README: the read-modify-write holds an
+    exclusive lock on the README itself, so two of them never drop each other's block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # creates it; the lock is advisory, on this descriptor
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        text = path.read_text() or "# Benchmarks\n\n"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        path.write_text(text)
 
 
 @contextlib.contextmanager

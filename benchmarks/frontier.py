@@ -40,7 +40,7 @@ from adntn_runtime.plan import ADNTNPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compression_table as table  # noqa: E402
-from _results import save_entry  # noqa: E402
+from _results import save_entry, write_readme  # noqa: E402
 from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +59,7 @@ ARITIES = (2, 3, 4)
 LEVEL_BONDS = (1, 2, 3, 4)
 LAYERS = {"fc6": (4096, 2304), "fc7": (4096, 4096)}
 TARGETS = ("1e2", "1e3", "1e4", "3e4", "1e5", "1e5/1.5e5", "3e5", "1e6")
+START, END = "<!-- frontier:start -->", "<!-- frontier:end -->"
 
 
 @functools.cache
@@ -174,6 +175,44 @@ def plan_for(network: str, target: float | dict[str, float], layout: str = "pair
     return out
 
 
+def markdown(data: dict) -> str:
+    """The frontier table (between the README markers): one row per target, one column per
+    topology with points, each cell the fine-tuned test accuracy and the ratio reached."""
+    points = data["points"].values()
+    topos = [t for t in TOPOLOGIES if any(p["topology"] == t for p in points)]
+    seeds = sorted({int(k.rsplit("/s", 1)[1]) for k in data["points"]})
+    dense = data.get("dense_acc")
+    lines = [
+        START,
+        "",
+        f"AlexNet-32 fc6+fc7 (seed(s) {', '.join(map(str, seeds))}); dense, fine-tuned like "
+        f"the points: {dense:.4f}."
+        if dense is not None
+        else "AlexNet-32 fc6+fc7.",
+        "Each cell: test accuracy after fitting and 1 epoch of fine-tuning, and the fc6+fc7 "
+        "ratio (every stored number counted); `infeasible`: no plan of that topology within "
+        "the budget of some layer.",
+        "",
+        "| target | " + " | ".join(topos) + " |",
+        "|---|" + "---:|" * len(topos),
+    ]
+    for target in TARGETS:
+        cells = []
+        for topo in topos:
+            found = [p for k, p in data["points"].items() if k.startswith(f"{topo}@{target}/s")]
+            done = [p for p in found if "acc" in p]
+            if done:
+                accs = [p["acc"] for p in done]
+                acc = sum(accs) / len(accs)
+                cells.append(f"{acc:.4f} ({done[0]['ratio']:,.0f}x)")
+            else:
+                cells.append("infeasible" if found else "")
+        if any(cells):
+            lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
 def plot(data: dict, path: Path) -> None:
     import matplotlib
 
@@ -212,13 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "frontier.json")
     p.add_argument("--png", type=Path, default=HERE / "frontier.png")
-    p.add_argument("--plot", action="store_true", help="only draw --png from --out")
+    p.add_argument("--readme", type=Path, default=HERE / "README.md")
+    p.add_argument(
+        "--plot", action="store_true", help="only draw --png and the README table from --out"
+    )
     args = p.parse_args(argv)
     data: dict = {"points": {}}
     if args.out.exists():
         data = json.loads(args.out.read_text())
     if args.plot:
         plot(data, args.png)
+        write_readme(args.readme, markdown(data), START, END)
         return 0
     torch.set_num_threads(args.threads)
     targs = table.parse_args(["--seeds", str(args.seed)])
@@ -308,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             save_entry(args.out, data, "points", key, point)
             log(f"{key}: ratio {point['ratio']:,.0f}x, test accuracy {point['acc']:.4f}")
-    plot(data, args.png)
+    merged = json.loads(args.out.read_text()) if args.out.exists() else data  # both runs'
+    plot(merged, args.png)
+    write_readme(args.readme, markdown(merged), START, END)
     return 1 if failed else 0
 
 

@@ -75,3 +75,22 @@ def test_two_runs_sharing_the_points_file_keep_each_others_points(tmp_path):
     other = {"protocol": "q", "points": {}}
     save_entry(out, other, "points", "attn@1e3/s1", {"acc": 0.7})
     assert json.loads(out.read_text())["points"] == {"attn@1e3/s1": {"acc": 0.7}}
+
+
+def test_readme_table_marks_infeasible_targets_and_averages_seeds():
+    data = {
+        "dense_acc": 0.91,
+        "points": {
+            "ttn@1e3/s0": {"topology": "ttn", "acc": 0.90, "ratio": 1026.0},
+            "ttn@1e3/s1": {"topology": "ttn", "acc": 0.92, "ratio": 1026.0},
+            "attn@1e5/s0": {"topology": "attn", "infeasible": "no plan"},
+            "ttn@1e5/s0": {"topology": "ttn", "acc": 0.85, "ratio": 100470.0},
+        },
+    }
+    text = frontier.markdown(data)
+    assert text.startswith(frontier.START) and text.endswith(frontier.END)
+    assert "| target | ttn | attn |" in text
+    assert "| 1e3 | 0.9100 (1,026x) |  |" in text
+    assert "| 1e5 | 0.8500 (100,470x) | infeasible |" in text
+    assert "seed(s) 0, 1" in text and "0.9100." in text
+    assert "| 1e2 |" not in text  # no point, no row
