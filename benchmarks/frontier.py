@@ -175,12 +175,35 @@ def plan_for(network: str, target: float | dict[str, float], layout: str = "pair
     return out
 
 
+def parse_key(key: str) -> tuple[str, str, int, float | None]:
+    """``(topology, target, seed, core LR or None)`` of a point's key
+    (``ttn@1e4/s1``, ``attn@1e2/s1/lr0.003``)."""
+    topo, rest = key.split("@", 1)
+    parts = rest.split("/")
+    lr = float(parts.pop()[2:]) if parts[-1].startswith("lr") else None
+    seed = int(parts.pop()[1:])
+    return topo, "/".join(parts), seed, lr
+
+
+def _column(topo: str, lr: float | None) -> str:
+    return topo if lr is None else f"{topo} (core LR {lr:g})"
+
+
+def _learned_nothing(point: dict) -> bool:
+    return point.get("learned_nothing", point["acc"] < table.CHANCE_BELOW)
+
+
 def markdown(data: dict) -> str:
     """The frontier table (between the README markers): one row per target, one column per
-    topology with points, each cell the fine-tuned test accuracy and the ratio reached."""
-    points = data["points"].values()
-    topos = [t for t in TOPOLOGIES if any(p["topology"] == t for p in points)]
-    seeds = sorted({int(k.rsplit("/s", 1)[1]) for k in data["points"]})
+    topology (and core LR, where a point had its own), each cell the fine-tuned test accuracy
+    (mean over seeds) and the ratio reached; ``chance``: a point that learned nothing."""
+    keys = {k: parse_key(k) for k in data["points"]}
+    order = list(TOPOLOGIES)
+    columns = sorted(
+        {(t, lr) for t, _, _, lr in keys.values()},
+        key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c[1] or 0.0),
+    )
+    seeds = sorted({seed for _, _, seed, _ in keys.values()})
     dense = data.get("dense_acc")
     lines = [
         START,
@@ -191,20 +214,25 @@ def markdown(data: dict) -> str:
         else "AlexNet-32 fc6+fc7.",
         "Each cell: test accuracy after fitting and 1 epoch of fine-tuning, and the fc6+fc7 "
         "ratio (every stored number counted); `infeasible`: no plan of that topology within "
-        "the budget of some layer.",
+        "the budget of some layer; `chance`: the point learned nothing (accuracy below "
+        f"{table.CHANCE_BELOW}).",
         "",
-        "| target | " + " | ".join(topos) + " |",
-        "|---|" + "---:|" * len(topos),
+        "| target | " + " | ".join(_column(*c) for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for target in TARGETS:
         cells = []
-        for topo in topos:
-            found = [p for k, p in data["points"].items() if k.startswith(f"{topo}@{target}/s")]
+        for topo, lr in columns:
+            found = [
+                data["points"][k]
+                for k, (t, tg, _, klr) in keys.items()
+                if (t, tg, klr) == (topo, target, lr)
+            ]
             done = [p for p in found if "acc" in p]
             if done:
-                accs = [p["acc"] for p in done]
-                acc = sum(accs) / len(accs)
-                cells.append(f"{acc:.4f} ({done[0]['ratio']:,.0f}x)")
+                acc = sum(p["acc"] for p in done) / len(done)
+                cell = f"{acc:.4f} ({done[0]['ratio']:,.0f}x)"
+                cells.append(f"chance: {cell}" if any(map(_learned_nothing, done)) else cell)
             else:
                 cells.append("infeasible" if found else "")
         if any(cells):
@@ -220,14 +248,20 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for topo in TOPOLOGIES:
-        pts = sorted(
-            (p["ratio"], p["acc"])
-            for p in data["points"].values()
-            if p["topology"] == topo and "acc" in p
-        )
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=topo)
+    lines: dict[str, list] = {}
+    failed = []
+    for key, p in data["points"].items():
+        if "acc" not in p:
+            continue
+        if _learned_nothing(p):
+            failed.append((p["ratio"], p["acc"]))
+            continue
+        topo, _, _, lr = parse_key(key)
+        lines.setdefault(_column(topo, lr), []).append((p["ratio"], p["acc"]))
+    for label, pts in lines.items():
+        ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label)
+    if failed:
+        ax.plot(*zip(*failed, strict=True), "x", color="gray", label="learned nothing")
     if "dense_acc" in data:
         ax.axhline(data["dense_acc"], color="gray", linestyle="--", label="dense (fine-tuned)")
     ax.set_xscale("log")
@@ -248,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ratios, comma-separated; fc6/fc7 for one per layer (e.g. 1e5/1.5e5)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--core-lr",
+        type=float,
+        default=None,
+        help="fine-tuning LR of the ADNTN cores (default: the compression table's --core-lr); "
+        "a point at another LR is its own point (key suffix /lr<LR>)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "frontier.json")
     p.add_argument("--png", type=Path, default=HERE / "frontier.png")
@@ -278,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             data["dense_acc_source"] = f"compression.json alexnet32/dense/s{args.seed}"
     train_data, test_data = load_split("train"), load_split("test")
     model, _ = trained_dense("alexnet32", train_data, seed=args.seed)
+    if args.core_lr is not None and not (0 < args.core_lr < 1):
+        p.error(f"--core-lr must be in (0, 1), got {args.core_lr!r}")
+    own_lr = args.core_lr is not None and args.core_lr != targs.core_lr
     failed = 0
     try:
         targets = [(t, parse_target(t)) for t in args.targets.split(",") if t]
@@ -288,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--topologies: unknown {bad}; valid: {list(TOPOLOGIES)}")
     for text, target in targets:
         for topo in args.topologies.split(","):
-            key = f"{topo}@{text}/s{args.seed}"
+            key = f"{topo}@{text}/s{args.seed}" + (f"/lr{args.core_lr:g}" if own_lr else "")
             if key in data["points"]:
                 continue
             network, act, layout = TOPOLOGIES[topo]
@@ -313,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                         "bias_bond_dim": 1,
                     },
                     "layers": {
-                        n: {k: c[k] for k in ("num_sites", "bond_dim", "layout", "arity")}
+                        n: {
+                            **{k: c[k] for k in ("num_sites", "bond_dim", "layout", "arity")},
+                            **({"core_lr": args.core_lr} if own_lr else {}),
+                        }
                         for n, c in layers.items()
                     },
                 }
@@ -341,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                     "layer_ratios": {r.name: r.ratio for r in report},
                     "acc_after_fit": acc_fit,
                     "acc": accuracy(student, test_data),
+                    "core_lr": args.core_lr if own_lr else targs.core_lr,
                     "seconds": time.perf_counter() - t0,
                     "command": command,
                     "machine": machine(args.threads),
@@ -349,8 +397,16 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{key}: FAILED: {exc!r}")
                 failed += 1
                 continue
+            point["learned_nothing"] = point["acc"] < table.CHANCE_BELOW
             save_entry(args.out, data, "points", key, point)
             log(f"{key}: ratio {point['ratio']:,.0f}x, test accuracy {point['acc']:.4f}")
+            if point["learned_nothing"]:  # cached (the protocol gave it), but not a success
+                log(
+                    f"{key}: FAILED: test accuracy {point['acc']:.4f} is chance (below "
+                    f"{table.CHANCE_BELOW}): the fine-tuning learned nothing; try a lower "
+                    "--core-lr"
+                )
+                failed += 1
     merged = json.loads(args.out.read_text()) if args.out.exists() else data  # both runs'
     plot(merged, args.png)
     write_readme(args.readme, markdown(merged), START, END)
