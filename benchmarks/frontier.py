@@ -14,7 +14,11 @@ Each point is then fitted (``init='svd'``) and fine-tuned exactly as a row of
 ``compression_table.py`` (1 epoch, distillation, same LRs) and its test accuracy measured.
 Points are cached in ``results/frontier.json`` as they finish (a later run skips them; two
 runs, e.g. one per core with different ``--topologies``, merge their points under a lock);
-``--plot`` draws ``frontier.png`` from the JSON (accuracy vs ratio, one line per topology). Usage::
+``--plot`` draws ``frontier.png`` from the JSON (accuracy vs ratio, one line per topology) and
+the table of ``benchmarks/README.md`` (the run does both at its end). A point whose accuracy is
+chance (``compression_table.CHANCE_BELOW``) stays cached but is flagged ``learned_nothing``
+and the run exits 1; ``--core-lr`` reruns points at another core LR (their own keys, ending
+``/lr<LR>``: the wide 1e2 plans need 3e-3 where the protocol's 3e-2 wrecks them). Usage::
 
     PYTHONPATH=.:runtimes:models python benchmarks/frontier.py --threads 1
     PYTHONPATH=.:runtimes:models python benchmarks/frontier.py --plot
@@ -297,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         "--plot", action="store_true", help="only draw --png and the README table from --out"
     )
     args = p.parse_args(argv)
+    if args.core_lr is not None and not (0 < args.core_lr < 1):
+        p.error(f"--core-lr must be in (0, 1), got {args.core_lr!r}")
     data: dict = {"points": {}}
     if args.out.exists():
         data = json.loads(args.out.read_text())
@@ -319,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
             data["dense_acc_source"] = f"compression.json alexnet32/dense/s{args.seed}"
     train_data, test_data = load_split("train"), load_split("test")
     model, _ = trained_dense("alexnet32", train_data, seed=args.seed)
-    if args.core_lr is not None and not (0 < args.core_lr < 1):
-        p.error(f"--core-lr must be in (0, 1), got {args.core_lr!r}")
     own_lr = args.core_lr is not None and args.core_lr != targs.core_lr
     failed = 0
     try:

@@ -94,3 +94,23 @@ def test_readme_table_marks_infeasible_targets_and_averages_seeds():
     assert "| 1e5 | 0.8500 (100,470x) | infeasible |" in text
     assert "seed(s) 0, 1" in text and "0.9100." in text
     assert "| 1e2 |" not in text  # no point, no row
+
+
+def test_points_at_their_own_core_lr_and_at_chance_are_told_apart():
+    assert frontier.parse_key("ttn@1e4/s1") == ("ttn", "1e4", 1, None)
+    assert frontier.parse_key("attn@1e5/1.5e5/s2/lr0.003") == ("attn", "1e5/1.5e5", 2, 0.003)
+    data = {
+        "points": {
+            "attn@1e2/s1": {"topology": "attn", "acc": 0.1, "ratio": 101.0},
+            "attn@1e2/s1/lr0.003": {"topology": "attn", "acc": 0.91, "ratio": 101.0},
+        }
+    }
+    text = frontier.markdown(data)
+    assert "| target | attn | attn (core LR 0.003) |" in text
+    assert "| 1e2 | chance: 0.1000 (101x) | 0.9100 (101x) |" in text
+
+
+def test_core_lr_out_of_range_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        frontier.main(["--core-lr", "3"])
+    assert "--core-lr must be in (0, 1), got 3.0" in capsys.readouterr().err
