@@ -34,6 +34,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -245,36 +246,71 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(data: dict, path: Path) -> None:
+def plot(data: dict, path: Path) -> Any:
+    """Draw the frontier into ``path`` (PNG) and return the matplotlib figure: one colour per
+    topology, solid at the protocol's core LR, dashed open squares at another; points that
+    learned nothing as gray crosses on the lower edge (the y-axis spans the learned points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines: dict[str, list] = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # one colour per topology: its points at the protocol's core LR joined by a solid line,
+    # those at another core LR (own keys) by a dashed one, open squares, on to the solid line
+    groups: dict[tuple[str, float | None], list] = {}
     failed = []
     for key, p in data["points"].items():
         if "acc" not in p:
             continue
         if _learned_nothing(p):
-            failed.append((p["ratio"], p["acc"]))
+            failed.append(p["ratio"])
             continue
         topo, _, _, lr = parse_key(key)
-        lines.setdefault(_column(topo, lr), []).append((p["ratio"], p["acc"]))
-    for label, pts in lines.items():
-        ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label)
-    if failed:
-        ax.plot(*zip(*failed, strict=True), "x", color="gray", label="learned nothing")
+        groups.setdefault((topo, lr), []).append((p["ratio"], p["acc"]))
+    order = list(TOPOLOGIES)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (topo, lr), pts in sorted(
+        groups.items(),
+        key=lambda g: (order.index(g[0][0]) if g[0][0] in order else 99, g[0][1] or 0),
+    ):
+        colour = colours[(order.index(topo) if topo in order else len(order)) % len(colours)]
+        pts = sorted(pts)
+        if lr is None:
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colour, label=topo)
+            continue
+        after = [q for q in sorted(groups.get((topo, None), [])) if q[0] > pts[-1][0]]
+        ax.plot(*zip(*(pts + after[:1]), strict=True), linestyle="--", color=colour)
+        ax.plot(
+            *zip(*pts, strict=True),
+            "s",
+            mfc="none",
+            color=colour,
+            label=_column(topo, lr),
+        )
+    learned = [a for pts in groups.values() for _, a in pts]
+    if learned:
+        bottom = min([*learned, data.get("dense_acc", 1.0)]) - 0.01
+        ax.set_ylim(bottom, max([*learned, data.get("dense_acc", 0.0)]) + 0.005)
+        if failed:  # chance (~0.10) is far below: marked on the axis
+            ax.plot(
+                failed,
+                [bottom] * len(failed),
+                "x",
+                color="gray",
+                clip_on=False,
+                label="learned nothing (chance; off the axis)",
+            )
     if "dense_acc" in data:
         ax.axhline(data["dense_acc"], color="gray", linestyle="--", label="dense (fine-tuned)")
     ax.set_xscale("log")
     ax.set_xlabel("fc6+fc7 stored-number ratio")
     ax.set_ylabel("test accuracy")
     ax.set_title("AlexNet-32 / Fashion-MNIST: accuracy vs ratio")
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

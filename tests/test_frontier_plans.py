@@ -114,3 +114,26 @@ def test_core_lr_out_of_range_names_the_flag(capsys):
     with pytest.raises(SystemExit):
         frontier.main(["--core-lr", "3"])
     assert "--core-lr must be in (0, 1), got 3.0" in capsys.readouterr().err
+
+
+def test_plot_keeps_chance_points_off_the_scale_of_the_learned_ones(tmp_path):
+    pytest.importorskip("matplotlib")
+    data = {
+        "points": {
+            "attn@1e2/s1": {"acc": 0.1, "ratio": 101.0},
+            "attn@1e2/s1/lr0.003": {"acc": 0.91, "ratio": 101.0},
+            "attn@1e3/s1": {"acc": 0.905, "ratio": 1064.0},
+            "attn@3e5/s1": {"infeasible": "no plan"},
+        },
+        "dense_acc": 0.913,
+    }
+    fig = frontier.plot(data, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
+    ax = fig.axes[0]
+    bottom, top = ax.get_ylim()
+    assert 0.8 < bottom < 0.905 and top > 0.913  # chance (0.1) does not squash the curve
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["attn", "attn (core LR 0.003)"]
+    assert any(lbl.startswith("learned nothing") for lbl in labels)
+    crosses = [ln for ln in ax.get_lines() if ln.get_label().startswith("learned nothing")]
+    assert list(crosses[0].get_ydata()) == [bottom]  # drawn on the lower edge
