@@ -194,6 +194,12 @@ def _column(topo: str, lr: float | None) -> str:
     return topo if lr is None else f"{topo} (core LR {lr:g})"
 
 
+def _topology_rank(topo: str) -> int:
+    """Where ``topo`` sorts in tables and plots: the order of ``TOPOLOGIES``, unknown last."""
+    order = list(TOPOLOGIES)
+    return order.index(topo) if topo in order else len(order)
+
+
 def _learned_nothing(point: dict) -> bool:
     return point.get("learned_nothing", point["acc"] < table.CHANCE_BELOW)
 
@@ -203,10 +209,9 @@ def markdown(data: dict) -> str:
     topology (and core LR, where a point had its own), each cell the fine-tuned test accuracy
     (mean over seeds) and the ratio reached; ``chance``: a point that learned nothing."""
     keys = {k: parse_key(k) for k in data["points"]}
-    order = list(TOPOLOGIES)
     columns = sorted(
         {(t, lr) for t, _, _, lr in keys.values()},
-        key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c[1] or 0.0),
+        key=lambda c: (_topology_rank(c[0]), c[1] or 0.0),
     )
     seeds = sorted({seed for _, _, seed, _ in keys.values()})
     dense = data.get("dense_acc")
@@ -249,7 +254,8 @@ def markdown(data: dict) -> str:
 def plot(data: dict, path: Path) -> Any:
     """Draw the frontier into ``path`` (PNG) and return the matplotlib figure: one colour per
     topology, solid at the protocol's core LR, dashed open squares at another; points that
-    learned nothing as gray crosses on the lower edge (the y-axis spans the learned points)."""
+    learned nothing as gray crosses on the lower edge (the y-axis spans the learned points).
+    The figure is closed after saving (pyplot keeps no reference); its axes stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,13 +274,11 @@ def plot(data: dict, path: Path) -> Any:
             continue
         topo, _, _, lr = parse_key(key)
         groups.setdefault((topo, lr), []).append((p["ratio"], p["acc"]))
-    order = list(TOPOLOGIES)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (topo, lr), pts in sorted(
-        groups.items(),
-        key=lambda g: (order.index(g[0][0]) if g[0][0] in order else 99, g[0][1] or 0),
+        groups.items(), key=lambda g: (_topology_rank(g[0][0]), g[0][1] or 0.0)
     ):
-        colour = colours[(order.index(topo) if topo in order else len(order)) % len(colours)]
+        colour = colours[_topology_rank(topo) % len(colours)]
         pts = sorted(pts)
         if lr is None:
             ax.plot(*zip(*pts, strict=True), marker="o", color=colour, label=topo)
@@ -310,6 +314,7 @@ def plot(data: dict, path: Path) -> Any:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)  # saved; the caller may still read it, pyplot no longer holds it
     return fig
 
 

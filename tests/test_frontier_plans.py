@@ -129,6 +129,9 @@ def test_plot_keeps_chance_points_off_the_scale_of_the_learned_ones(tmp_path):
     }
     fig = frontier.plot(data, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    assert not plt.fignum_exists(fig.number)  # closed after saving: a long-lived caller leaks none
     ax = fig.axes[0]
     bottom, top = ax.get_ylim()
     assert 0.8 < bottom < 0.905 and top > 0.913  # chance (0.1) does not squash the curve
