@@ -64,10 +64,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import cache_row, write_readme  # noqa: E402
 from dense_models import (  # noqa: E402
     Autocast,
+    SlowBF16Error,
     accuracy,
+    add_allow_slow_bf16,
+    check_bf16_speed,
     load_split,
     log,
     machine,
+    refuse,
     trained_dense,
 )
 
@@ -187,6 +191,7 @@ def run_row(name: str, recipe: str, seed: int, args, train_data, test_data) -> d
         bs=args.batch_size,
         lr=args.lr,
         amp=args.amp,
+        allow_slow_bf16=args.allow_slow_bf16,
     )
     row: dict = {
         "model": name,
@@ -340,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration", type=int, default=256, help="calibration images")
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
     p.add_argument("--threads", type=int, default=1)
+    add_allow_slow_bf16(p)
     p.add_argument("--out", type=Path, default=HERE / "results" / "compression.json")
     p.add_argument("--readme", type=Path, default=HERE / "README.md")
     p.add_argument("--render", action="store_true", help="only rewrite the README table")
@@ -412,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not has_recipe(name, recipe):
                     log(f"{key}: no recipe {name}_{recipe} shipped, skipped")
                     continue
+                try:  # before any training: its fine-tuning runs under --amp too
+                    check_bf16_speed(args.amp, args.allow_slow_bf16, flag="--amp")
+                except SlowBF16Error as exc:
+                    return refuse(exc)
                 try:
                     row = run_row(name, recipe, seed, args, train_data, test_data)
                 except Exception as exc:  # reported; the other rows still run

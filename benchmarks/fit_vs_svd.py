@@ -51,7 +51,16 @@ from adntn_runtime.plan import ADNTNPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import cache_row, write_readme  # noqa: E402
-from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
+from dense_models import (  # noqa: E402
+    SlowBF16Error,
+    accuracy,
+    add_allow_slow_bf16,
+    load_split,
+    log,
+    machine,
+    refuse,
+    trained_dense,
+)
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- fit-vs-svd:start -->", "<!-- fit-vs-svd:end -->"
@@ -310,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-init", default="1000", help="ratios that also fit from random")
     p.add_argument("--seed", type=int, default=0, help="the dense model's seed")
     p.add_argument("--threads", type=int, default=1)
+    add_allow_slow_bf16(p)
     p.add_argument("--out", type=Path, default=HERE / "results" / "fit_vs_svd.json")
     p.add_argument("--readme", type=Path, default=HERE / "README.md")
     p.add_argument("--render", action="store_true", help="only rewrite the README table")
@@ -341,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     train = load_split("train")
     test = load_split("test")
-    model, _ = trained_dense("alexnet32", train, seed=args.seed)
+    try:
+        model, _ = trained_dense(
+            "alexnet32", train, seed=args.seed, allow_slow_bf16=args.allow_slow_bf16
+        )
+    except SlowBF16Error as exc:
+        return refuse(exc)
     dense_acc = accuracy(model, test)
     data["dense_acc"] = dense_acc
     log(f"dense AlexNet-32 seed {args.seed}: test accuracy {dense_acc:.4f}")

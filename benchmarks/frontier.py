@@ -46,7 +46,17 @@ from adntn_runtime.plan import ADNTNPlan
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compression_table as table  # noqa: E402
 from _results import save_entry, write_readme  # noqa: E402
-from dense_models import accuracy, load_split, log, machine, trained_dense  # noqa: E402
+from dense_models import (  # noqa: E402
+    SlowBF16Error,
+    accuracy,
+    add_allow_slow_bf16,
+    check_bf16_speed,
+    load_split,
+    log,
+    machine,
+    refuse,
+    trained_dense,
+)
 
 HERE = Path(__file__).resolve().parent
 TOPOLOGIES = {  # name -> (network, activation, site layout)
@@ -335,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "a point at another LR is its own point (key suffix /lr<LR>)",
     )
     p.add_argument("--threads", type=int, default=1)
+    add_allow_slow_bf16(p)
     p.add_argument("--out", type=Path, default=HERE / "results" / "frontier.json")
     p.add_argument("--png", type=Path, default=HERE / "frontier.png")
     p.add_argument("--readme", type=Path, default=HERE / "README.md")
@@ -365,7 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             data["dense_acc"] = dense_row["acc"]
             data["dense_acc_source"] = f"compression.json alexnet32/dense/s{args.seed}"
     train_data, test_data = load_split("train"), load_split("test")
-    model, _ = trained_dense("alexnet32", train_data, seed=args.seed)
+    try:  # its points fine-tune under the table's --amp (bf16) too
+        check_bf16_speed(targs.amp, args.allow_slow_bf16)
+    except SlowBF16Error as exc:
+        return refuse(exc)
+    model, _ = trained_dense(
+        "alexnet32", train_data, seed=args.seed, allow_slow_bf16=args.allow_slow_bf16
+    )
     own_lr = args.core_lr is not None and args.core_lr != targs.core_lr
     failed = 0
     try:
